@@ -1,0 +1,1172 @@
+// The hot loops of gmmfast, written once and compiled once per instruction set.
+//
+// arch_<isa>.cpp defines, then includes this file:
+//   GMMFAST_ISA_NS   namespace of this variant (isa_baseline, isa_avx2, isa_avx512)
+//   GMMFAST_VBYTES   SIMD register width in bytes (16, 32, 64)
+//   GMMFAST_VREGS    number of SIMD registers (16 or 32), which sets the register blocking
+//
+// SIMD is written with GCC/Clang vector extensions, so one source gives SSE2, AVX2 and
+// AVX-512 code (and NEON on Arm) without intrinsics.
+//
+// Data layout inside a row block ("tile") of Bp rows:
+//   XT[d][i]  the tile transposed (D x Bp), zero-padded past the last row: the E-step
+//             and the diagonal M-step vectorise over rows, so they run at full width for
+//             any D and K;
+//   L[k][i]   log-densities, then responsibilities (K x Bp): the only place where
+//             responsibilities exist;
+//   Z[i][d]   rows centred at one component (Bp x Dp) for the dense M-step, whose
+//             register-blocked rank-Bp update vectorises over d.
+#if !defined(GMMFAST_ISA_NS) || !defined(GMMFAST_VBYTES) || !defined(GMMFAST_VREGS)
+#error "define GMMFAST_ISA_NS, GMMFAST_VBYTES and GMMFAST_VREGS before including kernels.inl"
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "gmmfast/runtime.hpp"
+#include "isa.hpp"
+#include "rng.hpp"
+
+namespace gmmfast {
+namespace GMMFAST_ISA_NS {
+// Not an anonymous namespace: the entry points' lambdas capture these types, and the
+// ISA namespace already keeps each variant's symbols apart.
+namespace detail {
+
+constexpr int kVBytes = GMMFAST_VBYTES;
+constexpr bool kManyRegs = GMMFAST_VREGS >= 32;
+
+template <class T>
+struct Simd;
+template <>
+struct Simd<double> {
+    typedef double V __attribute__((vector_size(kVBytes)));
+    typedef int64_t I __attribute__((vector_size(kVBytes)));
+    static constexpr int W = kVBytes / 8;
+};
+template <>
+struct Simd<float> {
+    typedef float V __attribute__((vector_size(kVBytes)));
+    typedef int32_t I __attribute__((vector_size(kVBytes)));
+    static constexpr int W = kVBytes / 4;
+};
+
+template <class T>
+using Vec = typename Simd<T>::V;
+template <class T>
+constexpr int lanes() {
+    return Simd<T>::W;
+}
+
+template <class T>
+inline Vec<T> vload(const T* p) {
+    Vec<T> v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+template <class T>
+inline void vstore(T* p, const Vec<T>& v) {
+    std::memcpy(p, &v, sizeof(v));
+}
+template <class T>
+inline Vec<T> vsplat(T x) {
+    return Vec<T>{} + x;
+}
+/// Horizontal sum in a fixed lane order (results must not depend on the compiler's
+/// choice of reduction tree).
+template <class T>
+inline T hsum(const Vec<T>& v) {
+    T s = v[0];
+    for (int i = 1; i < lanes<T>(); ++i) s += v[i];
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// e^x for log-sum-exp arguments (x <= 0 once the row maximum is subtracted).
+// Cody-Waite reduction x = n ln2 + r with |r| <= ln2/2, a Taylor polynomial for e^r
+// (degree 13 in double, 7 in float: truncation error below half an ulp), and n added to
+// the exponent bits. Results below the normal range are flushed to 0 (their share of a
+// sum whose largest term is 1 is below the type's resolution); NaN propagates. Written
+// by hand because libm's exp does not vectorise without -ffast-math, which we refuse.
+template <class T>
+struct ExpConst;
+template <>
+struct ExpConst<double> {
+    static constexpr double shifter = 0x1.8p52, log2e = 1.4426950408889634;
+    static constexpr double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
+    static constexpr double flush = -707.0;  // n >= -1020: 2^n · p stays normal
+    static constexpr int mantissa = 52, degree = 13;
+};
+template <>
+struct ExpConst<float> {
+    static constexpr float shifter = 0x1.8p23f, log2e = 1.44269504088896341f;
+    static constexpr float ln2hi = 0.693359375f, ln2lo = -2.12194440e-4f;
+    static constexpr float flush = -86.0f;  // n >= -124
+    static constexpr int mantissa = 23, degree = 7;
+};
+constexpr double kInvFactorial[14] = {1.0,
+                                      1.0,
+                                      1.0 / 2,
+                                      1.0 / 6,
+                                      1.0 / 24,
+                                      1.0 / 120,
+                                      1.0 / 720,
+                                      1.0 / 5040,
+                                      1.0 / 40320,
+                                      1.0 / 362880,
+                                      1.0 / 3628800,
+                                      1.0 / 39916800,
+                                      1.0 / 479001600,
+                                      1.0 / 6227020800.0};
+
+template <class T>
+inline Vec<T> vexp_nonpos(Vec<T> x) {
+    using C = ExpConst<T>;
+    using V = Vec<T>;
+    using I = typename Simd<T>::I;
+    const V shifter = vsplat<T>(C::shifter);
+    const V t = x * C::log2e + shifter;  // n = round(x / ln2) sits in t's low mantissa bits
+    const V n = t - shifter;
+    V r = x - n * C::ln2hi;
+    r = r - n * C::ln2lo;
+    V p = vsplat<T>(T(kInvFactorial[C::degree]));
+    for (int j = C::degree - 1; j >= 0; --j) p = p * r + T(kInvFactorial[j]);
+    const I bits = (I)p + (((I)t - (I)shifter) << C::mantissa);
+    V y = (V)bits;
+    y = (x < vsplat<T>(C::flush)) ? vsplat<T>(T(0)) : y;
+    y = (x != x) ? x : y;
+    return y;
+}
+
+// ---------------------------------------------------------------------------------------
+// Register blocking.
+constexpr int kIV = 4;                   // row vectors per E-step block
+constexpr int kJB = kManyRegs ? 4 : 2;   // columns of U per dense E-step block
+constexpr int kLB = 4;                   // rows of S2 per dense M-step block
+constexpr int kJV = kManyRegs ? 4 : 2;   // column vectors of S2 per dense M-step block
+constexpr int64_t kTileBytes = 256 * 1024;  // tile working set: well inside L2
+constexpr int64_t kMaxTileRows = 512;
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+template <class T>
+inline int64_t padded_cols(int64_t D) {
+    return round_up(D, std::max<int64_t>(lanes<T>(), kLB));
+}
+
+/// Rows per tile: the tile buffers (XT, ZT, Z, WZ, L and, for tied, two float64 row
+/// buffers) fit in kTileBytes, and the count is a multiple of the E-step row block.
+template <class T>
+int64_t tile_rows(int64_t D, int64_t K, bool tied) {
+    const int64_t block = lanes<T>() * kIV;
+    int64_t per_row = (2 * D + 2 * padded_cols<T>(D) + K + 4) * int64_t(sizeof(T));
+    if (tied) per_row += 4 * padded_cols<double>(D) * int64_t(sizeof(double));
+    int64_t rows = std::min(kMaxTileRows, kTileBytes / per_row);
+    rows = rows / block * block;
+    return std::max(rows, block);
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+inline bool poll(const Cancel* c) { return c && c->poll && c->poll(c->ctx); }
+
+/// Runs body(tile, thread) over tiles on n_threads threads with a static schedule
+/// (so the tile -> thread assignment, and hence the rounding, is a function of the
+/// thread count only), polling for cancellation on the calling thread. Exceptions
+/// thrown inside the parallel region are re-thrown on the caller.
+template <class Init, class Body>
+Status parallel_tiles(int64_t ntiles, int n_threads, const Cancel* cancel, Init&& init,
+                      Body&& body) {
+    std::atomic<bool> stop{false};
+    std::atomic<bool> interrupted{false};
+    std::exception_ptr error;
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int tid = thread_id();
+        bool ready = true;
+        try {
+            init(tid);
+        } catch (...) {
+#pragma omp critical(gmmfast_error)
+            if (!error) error = std::current_exception();
+            stop.store(true);
+            ready = false;
+        }
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < ntiles; ++t) {
+            if (!ready || stop.load(std::memory_order_relaxed)) continue;
+            if (tid == 0 && poll(cancel)) {
+                interrupted.store(true);
+                stop.store(true);
+                continue;
+            }
+            try {
+                body(t, tid);
+            } catch (...) {
+#pragma omp critical(gmmfast_error)
+                if (!error) error = std::current_exception();
+                stop.store(true);
+            }
+        }
+    }
+    if (error) std::rethrow_exception(error);
+    return interrupted.load() ? Status::Interrupted : Status::Ok;
+}
+
+// ---------------------------------------------------------------------------------------
+// Tile kernels.
+
+/// XT[d][i] = X[i0 + i][d] for i < n, 0 for n <= i < Bp.
+template <class T>
+void load_transposed(const T* X, int64_t i0, int64_t n, int64_t D, int64_t Bp, T* XT) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T* row = X + (i0 + i) * D;
+        for (int64_t d = 0; d < D; ++d) XT[d * Bp + i] = row[d];
+    }
+    if (n < Bp)
+        for (int64_t d = 0; d < D; ++d) std::fill(XT + d * Bp + n, XT + (d + 1) * Bp, T(0));
+}
+
+/// Diagonal (and spherical, with P expanded) E-step:
+///   L[k][i] = cst[k] - ½ Σ_d ((XT[d][i] - μ_kd) · P_kd)²   for all Bp rows.
+/// Centred directly: (x - μ) is exact for nearby floats, x·p - μ·p is not.
+template <class T>
+void estep_diag(const T* XT, int64_t Bp, int64_t D, int64_t K, const T* mu, const T* P,
+                const T* cst, T* L) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    const V half = vsplat<T>(T(0.5));
+    for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV) {
+        for (int64_t k = 0; k < K; ++k) {
+            const T* mk = mu + k * D;
+            const T* pk = P + k * D;
+            V acc[kIV] = {};
+            for (int64_t d = 0; d < D; ++d) {
+                const V m = vsplat<T>(mk[d]), p = vsplat<T>(pk[d]);
+                const T* x = XT + d * Bp + i0;
+                for (int v = 0; v < kIV; ++v) {
+                    const V z = (vload(x + v * W) - m) * p;
+                    acc[v] += z * z;
+                }
+            }
+            const V c = vsplat<T>(cst[k]);
+            for (int v = 0; v < kIV; ++v) vstore(L + k * Bp + i0 + v * W, c - half * acc[v]);
+        }
+    }
+}
+
+/// Full / tied E-step: L[k][i] = cst[k] - ½ ‖(x_i - μ_k)ᵀ U_k‖².
+/// U is stored padded to Dj x Dj (zeros below the diagonal and past D), ustride = 0
+/// for tied. Register-blocked over kJB columns of U and kIV vectors of rows, exploiting
+/// the triangle: column block j0 only needs rows l < j0 + kJB of U. The squared norm is
+/// accumulated straight from the registers, so (x - μ)ᵀU is never stored.
+template <class T>
+void estep_dense(const T* XT, int64_t Bp, int64_t D, int64_t Dj, int64_t K, const T* mu,
+                 const T* U, int64_t ustride, const T* cst, T* ZT, T* L) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    const V half = vsplat<T>(T(0.5));
+    for (int64_t k = 0; k < K; ++k) {
+        for (int64_t d = 0; d < D; ++d) {
+            const V m = vsplat<T>(mu[k * D + d]);
+            for (int64_t i = 0; i < Bp; i += W)
+                vstore(ZT + d * Bp + i, vload(XT + d * Bp + i) - m);
+        }
+        const T* Uk = U + k * ustride;
+        for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV) {
+            V sq[kIV] = {};
+            for (int64_t j0 = 0; j0 < Dj; j0 += kJB) {
+                V acc[kJB][kIV] = {};
+                const int64_t lend = std::min(D, j0 + kJB);
+                for (int64_t l = 0; l < lend; ++l) {
+                    V z[kIV];
+                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * Bp + i0 + v * W);
+                    const T* u = Uk + l * Dj + j0;
+                    for (int jj = 0; jj < kJB; ++jj) {
+                        const V uu = vsplat<T>(u[jj]);
+                        for (int v = 0; v < kIV; ++v) acc[jj][v] += uu * z[v];
+                    }
+                }
+                for (int jj = 0; jj < kJB; ++jj)
+                    for (int v = 0; v < kIV; ++v) sq[v] += acc[jj][v] * acc[jj][v];
+            }
+            const V c = vsplat<T>(cst[k]);
+            for (int v = 0; v < kIV; ++v) vstore(L + k * Bp + i0 + v * W, c - half * sq[v]);
+        }
+    }
+}
+
+/// Per row of the tile: m_i = max_k L[k][i] and s_i = Σ_k exp(L[k][i] - m_i); when
+/// store_exp, L[k][i] is replaced by exp(L[k][i] - m_i). A NaN anywhere in a row, or a
+/// row that is -inf throughout, makes s_i NaN, which the caller reports.
+template <class T>
+void row_logsumexp(T* L, int64_t Bp, int64_t K, T* m_out, T* s_out, bool store_exp) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    for (int64_t i = 0; i < Bp; i += W) {
+        V m = vload(L + i);
+        for (int64_t k = 1; k < K; ++k) {
+            const V v = vload(L + k * Bp + i);
+            m = (v > m) ? v : m;
+        }
+        V s = {};
+        for (int64_t k = 0; k < K; ++k) {
+            const V e = vexp_nonpos<T>(vload(L + k * Bp + i) - m);
+            if (store_exp) vstore(L + k * Bp + i, e);
+            s += e;
+        }
+        vstore(m_out + i, m);
+        vstore(s_out + i, s);
+    }
+}
+
+/// C[l][j] += Σ_{r0 <= r < r1} A[r][l] · B[r][j] for a kLB x (JVn vectors) block.
+template <class T, int JVn>
+inline void syrk_block(const T* A, const T* B, int64_t r0, int64_t r1, int64_t ld, int64_t l0,
+                       int64_t jv0, double* C, int64_t ldc) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    V acc[kLB][JVn] = {};
+    for (int64_t r = r0; r < r1; ++r) {
+        const T* b = B + r * ld + jv0 * W;
+        const T* a = A + r * ld + l0;
+        V bv[JVn];
+        for (int jv = 0; jv < JVn; ++jv) bv[jv] = vload(b + jv * W);
+        for (int ll = 0; ll < kLB; ++ll) {
+            const V av = vsplat<T>(a[ll]);
+            for (int jv = 0; jv < JVn; ++jv) acc[ll][jv] += av * bv[jv];
+        }
+    }
+    for (int ll = 0; ll < kLB; ++ll)
+        for (int jv = 0; jv < JVn; ++jv) {
+            double* c = C + (l0 + ll) * ldc + (jv0 + jv) * W;
+            for (int q = 0; q < W; ++q) c[q] += double(acc[ll][jv][q]);
+        }
+}
+
+/// Upper-triangle rank-`rows` update C += Aᵀ B (blocks on or above the diagonal; entries
+/// below it inside diagonal blocks are computed too and ignored). A and B are row-major
+/// with leading dimension ld = Dp (a multiple of the vector width and of kLB), C is
+/// Dp x Dp float64. float32 partial sums are flushed to float64 every 64 rows, which
+/// bounds their rounding error by ~64 ulp of the block sum.
+template <class T>
+void syrk_upper_acc(const T* A, const T* B, int64_t rows, int64_t Dp, double* C) {
+    constexpr int W = lanes<T>();
+    if (rows <= 0) return;
+    const int64_t nv = Dp / W;
+    const int64_t chunk = std::is_same<T, float>::value ? 64 : rows;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t r1 = std::min(rows, r0 + chunk);
+        for (int64_t l0 = 0; l0 < Dp; l0 += kLB) {
+            for (int64_t jv0 = l0 / W; jv0 < nv; jv0 += kJV) {
+                switch (std::min<int64_t>(kJV, nv - jv0)) {
+                    case 4: syrk_block<T, 4>(A, B, r0, r1, Dp, l0, jv0, C, Dp); break;
+                    case 3: syrk_block<T, 3>(A, B, r0, r1, Dp, l0, jv0, C, Dp); break;
+                    case 2: syrk_block<T, 2>(A, B, r0, r1, Dp, l0, jv0, C, Dp); break;
+                    default: syrk_block<T, 1>(A, B, r0, r1, Dp, l0, jv0, C, Dp); break;
+                }
+            }
+        }
+    }
+}
+
+/// Diagonal statistics of one component from the transposed tile:
+///   s1[d] += Σ_i r_i (x_id - c_d), and when s2 != nullptr, s2[d] += Σ_i r_i (x_id - c_d)².
+/// Four features at a time for independent accumulator chains.
+template <class T>
+void mstep_diag_component(const T* XT, const T* Rk, int64_t Bp, int64_t D, const T* c,
+                          double* s1, double* s2) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    int64_t d = 0;
+    for (; d + 4 <= D; d += 4) {
+        V a1[4] = {}, a2[4] = {};
+        V cv[4];
+        for (int j = 0; j < 4; ++j) cv[j] = vsplat<T>(c[d + j]);
+        for (int64_t i = 0; i < Bp; i += W) {
+            const V r = vload(Rk + i);
+            for (int j = 0; j < 4; ++j) {
+                const V z = vload(XT + (d + j) * Bp + i) - cv[j];
+                const V t = r * z;
+                a1[j] += t;
+                a2[j] += t * z;
+            }
+        }
+        for (int j = 0; j < 4; ++j) {
+            s1[d + j] += double(hsum<T>(a1[j]));
+            if (s2) s2[d + j] += double(hsum<T>(a2[j]));
+        }
+    }
+    for (; d < D; ++d) {
+        V a1 = {}, a2 = {};
+        const V cv = vsplat<T>(c[d]);
+        for (int64_t i = 0; i < Bp; i += W) {
+            const V r = vload(Rk + i);
+            const V z = vload(XT + d * Bp + i) - cv;
+            const V t = r * z;
+            a1 += t;
+            a2 += t * z;
+        }
+        s1[d] += double(hsum<T>(a1));
+        if (s2) s2[d] += double(hsum<T>(a2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A mixture prepared for the tile kernels.
+
+template <class T>
+struct Prepared {
+    int64_t K = 0, D = 0, Dj = 0, Bp = 0;
+    Covariance cov = Covariance::Full;
+    bool dense = false;
+    std::vector<T> cst;   // log π_k + Σ log diag U_k - D/2 log 2π
+    AlignedBuffer<T> U;   // dense: (K or 1) x Dj x Dj, upper triangle, zero padded
+    std::vector<T> P;     // diag/spherical: K x D precision Cholesky (spherical expanded)
+    const T* means = nullptr;
+
+    void init(const Mixture<T>& mix, bool need_estep, bool tied_rows) {
+        K = mix.K;
+        D = mix.D;
+        cov = mix.cov;
+        dense = (cov == Covariance::Full || cov == Covariance::Tied);
+        Dj = round_up(D, kJB);
+        Bp = tile_rows<T>(D, K, tied_rows);
+        means = mix.means;
+        if (!need_estep) return;
+        constexpr double log2pi = 1.8378770664093454836;  // log(2π)
+        std::vector<double> logdet(K, 0.0);
+        if (dense) {
+            const int64_t nU = (cov == Covariance::Full) ? K : 1;
+            U.resize(static_cast<std::size_t>(nU * Dj * Dj));
+            for (int64_t k = 0; k < nU; ++k) {
+                const T* src = mix.prec_chol + k * D * D;
+                T* dst = U.data() + k * Dj * Dj;
+                double ld = 0.0;
+                for (int64_t l = 0; l < D; ++l) {
+                    ld += std::log(double(src[l * D + l]));
+                    for (int64_t j = l; j < D; ++j) dst[l * Dj + j] = src[l * D + j];
+                }
+                if (cov == Covariance::Full)
+                    logdet[k] = ld;
+                else
+                    std::fill(logdet.begin(), logdet.end(), ld);
+            }
+        } else {
+            P.resize(static_cast<std::size_t>(K * D));
+            for (int64_t k = 0; k < K; ++k) {
+                double ld = 0.0;
+                for (int64_t d = 0; d < D; ++d) {
+                    const T p = (cov == Covariance::Diag) ? mix.prec_chol[k * D + d] : mix.prec_chol[k];
+                    P[k * D + d] = p;
+                    ld += std::log(double(p));
+                }
+                logdet[k] = ld;
+            }
+        }
+        cst.resize(K);
+        for (int64_t k = 0; k < K; ++k)
+            cst[k] = T(double(mix.log_weights[k]) + logdet[k] - 0.5 * double(D) * log2pi);
+    }
+
+    /// L = weighted log-densities of the tile (XT).
+    void weighted_log_prob(const T* XT, T* ZT, T* L) const {
+        if (dense)
+            estep_dense(XT, Bp, D, Dj, K, means, U.data(), cov == Covariance::Full ? Dj * Dj : 0,
+                        cst.data(), ZT, L);
+        else
+            estep_diag(XT, Bp, D, K, means, P.data(), cst.data(), L);
+    }
+};
+
+/// Per-thread scratch for one tile.
+template <class T>
+struct TileScratch {
+    AlignedBuffer<T> XT, ZT, L, Z, WZ, m, s, g;
+    AlignedBuffer<double> Zd, WZd;
+    std::vector<char> active;        // components with any responsibility in the tile
+    std::vector<int64_t> bad_rows;   // rows of the tile with a non-finite log-likelihood
+
+    void init(int64_t Bp, int64_t D, int64_t K, bool dense, bool full_mstep, bool tied_mstep) {
+        XT.resize(static_cast<std::size_t>(D * Bp));
+        L.resize(static_cast<std::size_t>(K * Bp));
+        m.resize(static_cast<std::size_t>(Bp));
+        s.resize(static_cast<std::size_t>(Bp));
+        g.resize(static_cast<std::size_t>(Bp));
+        active.assign(static_cast<std::size_t>(K), 0);
+        if (dense) ZT.resize(static_cast<std::size_t>(D * Bp));
+        if (full_mstep) {
+            const int64_t Dp = padded_cols<T>(D);
+            Z.resize(static_cast<std::size_t>(Bp * Dp));
+            WZ.resize(static_cast<std::size_t>(Bp * Dp));
+        }
+        if (tied_mstep) {
+            const int64_t Dq = padded_cols<double>(D);
+            Zd.resize(static_cast<std::size_t>(2 * Bp * Dq));
+            WZd.resize(static_cast<std::size_t>(2 * Bp * Dq));
+        }
+    }
+};
+
+/// Row weights of a tile: g[i] = sample_weight[i0 + i] (1 without weights), 0 past n.
+template <class T>
+void tile_weights(const T* sample_weight, int64_t i0, int64_t n, int64_t Bp, T* g) {
+    for (int64_t i = 0; i < n; ++i) g[i] = sample_weight ? sample_weight[i0 + i] : T(1);
+    for (int64_t i = n; i < Bp; ++i) g[i] = T(0);
+}
+
+// ---------------------------------------------------------------------------------------
+// em_stats
+
+/// A thread's running sums.
+struct StatsAccum {
+    double ll = 0.0, wsum = 0.0;
+    int64_t bad = -1;
+    std::vector<double> nk, s1, s2;
+};
+
+inline void note_bad(int64_t& bad, int64_t row) {
+    if (bad < 0 || row < bad) bad = row;
+}
+
+template <class T>
+class StatsKernel {
+public:
+    StatsKernel(const Mixture<T>& mix, const Responsibilities<T>& resp, const T* centres,
+                const T* sample_weight)
+        : mix_(mix), resp_(resp), centres_(centres), sw_(sample_weight) {
+        K_ = mix.K;
+        D_ = mix.D;
+        cov_ = mix.cov;
+        prep_.init(mix, resp.source == RespSource::EStep, cov_ == Covariance::Tied);
+        Bp_ = prep_.Bp;
+        Dp_ = padded_cols<T>(D_);
+        Dq_ = padded_cols<double>(D_);
+        if (cov_ == Covariance::Tied) {
+            // Tied statistics are centred per row at c̄_i = Σ_k r_ik c_k / Σ_k r_ik, in
+            // float64 and relative to the mean of the centres (see tile_tied).
+            cmean_.assign(D_, 0.0);
+            for (int64_t k = 0; k < K_; ++k)
+                for (int64_t d = 0; d < D_; ++d) cmean_[d] += double(centres_[k * D_ + d]);
+            for (auto& v : cmean_) v /= double(K_);
+            cprime_.resize(K_ * D_);
+            for (int64_t k = 0; k < K_; ++k)
+                for (int64_t d = 0; d < D_; ++d)
+                    cprime_[k * D_ + d] = double(centres_[k * D_ + d]) - cmean_[d];
+        }
+    }
+
+    int64_t tile_rows() const { return Bp_; }
+
+    std::size_t s2_acc_size() const {
+        switch (cov_) {
+            case Covariance::Full: return static_cast<std::size_t>(K_ * Dp_ * Dp_);
+            case Covariance::Tied: return static_cast<std::size_t>(Dq_ * Dq_);
+            default: return static_cast<std::size_t>(K_ * D_);
+        }
+    }
+
+    void init_thread(StatsAccum& acc, TileScratch<T>& ws) const {
+        acc.nk.assign(K_, 0.0);
+        acc.s1.assign(static_cast<std::size_t>(K_ * D_), 0.0);
+        acc.s2.assign(s2_acc_size(), 0.0);
+        ws.init(Bp_, D_, K_, prep_.dense && resp_.source == RespSource::EStep,
+                cov_ == Covariance::Full, cov_ == Covariance::Tied);
+    }
+
+    void tile(const T* X, int64_t N, int64_t t, StatsAccum& acc, TileScratch<T>& ws) const {
+        const int64_t i0 = t * Bp_;
+        const int64_t n = std::min(Bp_, N - i0);
+        load_transposed(X, i0, n, D_, Bp_, ws.XT.data());
+        tile_weights(sw_, i0, n, Bp_, ws.g.data());
+        responsibilities(X, i0, n, acc, ws);
+        T* R = ws.L.data();
+        // nk, and which components have any responsibility in this tile (Σ|r| > 0).
+        const Vec<T> zero = {};
+        for (int64_t k = 0; k < K_; ++k) {
+            const T* Rk = R + k * Bp_;
+            Vec<T> sum = {}, mag = {};
+            for (int64_t i = 0; i < Bp_; i += lanes<T>()) {
+                const Vec<T> r = vload(Rk + i);
+                sum += r;
+                mag += (r < zero) ? -r : r;
+            }
+            acc.nk[k] += double(hsum<T>(sum));
+            ws.active[k] = hsum<T>(mag) != T(0);
+        }
+        switch (cov_) {
+            case Covariance::Full: tile_full(X, i0, n, acc, ws); break;
+            case Covariance::Tied: tile_tied(X, i0, n, acc, ws); break;
+            case Covariance::Diag:
+            case Covariance::Spherical:
+                for (int64_t k = 0; k < K_; ++k)
+                    if (ws.active[k])
+                        mstep_diag_component(ws.XT.data(), R + k * Bp_, Bp_, D_, centres_ + k * D_,
+                                             acc.s1.data() + k * D_, acc.s2.data() + k * D_);
+                break;
+        }
+    }
+
+    /// Merges per-thread sums (in thread order) into out and puts s2 in its public form.
+    void finish(std::vector<StatsAccum>& accs, const std::vector<char>& used, Stats& out,
+                RunInfo& info) const {
+        std::vector<double> s2acc(s2_acc_size(), 0.0);
+        std::fill(out.nk, out.nk + K_, 0.0);
+        std::fill(out.s1, out.s1 + K_ * D_, 0.0);
+        out.log_likelihood = 0.0;
+        out.weight_sum = 0.0;
+        for (std::size_t th = 0; th < accs.size(); ++th) {
+            if (!used[th]) continue;
+            const StatsAccum& a = accs[th];
+            out.log_likelihood += a.ll;
+            out.weight_sum += a.wsum;
+            if (a.bad >= 0) note_bad(info.first_bad_row, a.bad);
+            for (int64_t k = 0; k < K_; ++k) out.nk[k] += a.nk[k];
+            for (std::size_t j = 0; j < a.s1.size(); ++j) out.s1[j] += a.s1[j];
+            for (std::size_t j = 0; j < s2acc.size(); ++j) s2acc[j] += a.s2[j];
+        }
+        switch (cov_) {
+            case Covariance::Full:
+                for (int64_t k = 0; k < K_; ++k) {
+                    const double* src = s2acc.data() + k * Dp_ * Dp_;
+                    double* dst = out.s2 + k * D_ * D_;
+                    for (int64_t l = 0; l < D_; ++l)
+                        for (int64_t j = l; j < D_; ++j)
+                            dst[l * D_ + j] = dst[j * D_ + l] = src[l * Dp_ + j];
+                }
+                break;
+            case Covariance::Tied:
+                // S2 = Σ_i ρ_i[(x_i - c̄_i)(x_i - c̄_i)ᵀ - c̄'_i c̄'_iᵀ] + Σ_k n_k c'_k c'_kᵀ
+                for (int64_t l = 0; l < D_; ++l)
+                    for (int64_t j = l; j < D_; ++j) {
+                        double v = s2acc[l * Dq_ + j];
+                        for (int64_t k = 0; k < K_; ++k)
+                            v += out.nk[k] * cprime_[k * D_ + l] * cprime_[k * D_ + j];
+                        out.s2[l * D_ + j] = out.s2[j * D_ + l] = v;
+                    }
+                break;
+            case Covariance::Diag:
+                std::copy(s2acc.begin(), s2acc.end(), out.s2);
+                break;
+            case Covariance::Spherical:
+                for (int64_t k = 0; k < K_; ++k) {
+                    double v = 0.0;
+                    for (int64_t d = 0; d < D_; ++d) v += s2acc[k * D_ + d];
+                    out.s2[k] = v;
+                }
+                break;
+        }
+    }
+
+private:
+    /// Fills ws.L with r_ik = g_i p(k | x_i) (zero for padding and bad rows).
+    void responsibilities(const T* X, int64_t i0, int64_t n, StatsAccum& acc,
+                          TileScratch<T>& ws) const {
+        (void)X;
+        T* L = ws.L.data();
+        const T* g = ws.g.data();
+        for (int64_t i = 0; i < n; ++i) acc.wsum += double(g[i]);
+        if (resp_.source == RespSource::Given) {
+            for (int64_t k = 0; k < K_; ++k) {
+                T* Lk = L + k * Bp_;
+                for (int64_t i = 0; i < n; ++i) Lk[i] = resp_.resp[(i0 + i) * K_ + k] * g[i];
+                std::fill(Lk + n, Lk + Bp_, T(0));
+            }
+            return;
+        }
+        if (resp_.source == RespSource::Labels) {
+            std::fill(L, L + K_ * Bp_, T(0));
+            for (int64_t i = 0; i < n; ++i) L[resp_.labels[i0 + i] * Bp_ + i] = g[i];
+            return;
+        }
+        prep_.weighted_log_prob(ws.XT.data(), ws.ZT.data(), L);
+        T* m = ws.m.data();
+        T* s = ws.s.data();
+        row_logsumexp(L, Bp_, K_, m, s, /*store_exp=*/true);
+        ws.bad_rows.clear();
+        // s now holds the per-row scale g_i / s_i.
+        for (int64_t i = 0; i < Bp_; ++i) {
+            if (i >= n) {
+                s[i] = T(0);
+                continue;
+            }
+            const double lse = double(m[i]) + std::log(double(s[i]));
+            if (std::isfinite(lse)) {
+                acc.ll += double(g[i]) * lse;
+                s[i] = g[i] / s[i];
+            } else {
+                note_bad(acc.bad, i0 + i);
+                ws.bad_rows.push_back(i);
+                s[i] = T(0);
+            }
+        }
+        for (int64_t k = 0; k < K_; ++k) {
+            T* Lk = L + k * Bp_;
+            for (int64_t i = 0; i < Bp_; i += lanes<T>()) vstore(Lk + i, vload(Lk + i) * vload(s + i));
+        }
+        for (int64_t i : ws.bad_rows)  // 0 · NaN is NaN: clear bad rows explicitly
+            for (int64_t k = 0; k < K_; ++k) L[k * Bp_ + i] = T(0);
+    }
+
+    /// Full covariance: per component, pack the rows with non-zero responsibility
+    /// (exact zeros are common: responsibilities underflow for distant components),
+    /// centre them at c_k and accumulate s1 and the upper triangle of s2.
+    void tile_full(const T* X, int64_t i0, int64_t n, StatsAccum& acc, TileScratch<T>& ws) const {
+        const T* R = ws.L.data();
+        T* Z = ws.Z.data();
+        T* WZ = ws.WZ.data();
+        for (int64_t k = 0; k < K_; ++k) {
+            if (!ws.active[k]) continue;
+            const T* Rk = R + k * Bp_;
+            const T* ck = centres_ + k * D_;
+            double* s1 = acc.s1.data() + k * D_;
+            int64_t rows = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                const T r = Rk[i];
+                if (r == T(0)) continue;
+                const T* x = X + (i0 + i) * D_;
+                T* z = Z + rows * Dp_;
+                T* wz = WZ + rows * Dp_;
+                for (int64_t d = 0; d < D_; ++d) {
+                    z[d] = x[d] - ck[d];
+                    wz[d] = r * z[d];
+                    s1[d] += double(wz[d]);
+                }
+                for (int64_t d = D_; d < Dp_; ++d) z[d] = wz[d] = T(0);
+                ++rows;
+            }
+            syrk_upper_acc(Z, WZ, rows, Dp_, acc.s2.data() + k * Dp_ * Dp_);
+        }
+    }
+
+    /// Tied covariance, centred per row at c̄_i = Σ_k r_ik c_k / ρ_i (ρ_i = Σ_k r_ik):
+    ///   Σ_k r_ik (x_i - c_k)(x_i - c_k)ᵀ
+    ///     = ρ_i (x_i - c̄_i)(x_i - c̄_i)ᵀ + Σ_k r_ik c'_k c'_kᵀ - ρ_i c̄'_i c̄'_iᵀ
+    /// with c' = c - mean(c). That costs two rank-one updates per row instead of K, and
+    /// stays centred; the Σ_k r_ik c'_k c'_kᵀ part is added once from n_k at the end.
+    /// Done in float64: x - c̄ mixes the data with a float64 combination of centres.
+    void tile_tied(const T* X, int64_t i0, int64_t n, StatsAccum& acc, TileScratch<T>& ws) const {
+        const T* R = ws.L.data();
+        for (int64_t k = 0; k < K_; ++k)
+            if (ws.active[k])
+                mstep_diag_component<T>(ws.XT.data(), R + k * Bp_, Bp_, D_, centres_ + k * D_,
+                                        acc.s1.data() + k * D_, nullptr);
+        double* Zd = ws.Zd.data();
+        double* WZd = ws.WZd.data();
+        int64_t rows = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            double rho = 0.0;
+            for (int64_t k = 0; k < K_; ++k) rho += double(R[k * Bp_ + i]);
+            if (rho == 0.0) continue;
+            double* zc = Zd + (rows + 1) * Dq_;  // c̄'_i
+            std::fill(zc, zc + Dq_, 0.0);
+            for (int64_t k = 0; k < K_; ++k) {
+                const double r = double(R[k * Bp_ + i]);
+                if (r == 0.0) continue;
+                const double* cp = cprime_.data() + k * D_;
+                for (int64_t d = 0; d < D_; ++d) zc[d] += r * cp[d];
+            }
+            for (int64_t d = 0; d < D_; ++d) zc[d] /= rho;
+            double* zx = Zd + rows * Dq_;  // x_i - c̄_i
+            const T* x = X + (i0 + i) * D_;
+            for (int64_t d = 0; d < D_; ++d) zx[d] = (double(x[d]) - cmean_[d]) - zc[d];
+            std::fill(zx + D_, zx + Dq_, 0.0);
+            double* wx = WZd + rows * Dq_;
+            double* wc = WZd + (rows + 1) * Dq_;
+            for (int64_t d = 0; d < Dq_; ++d) {
+                wx[d] = rho * zx[d];
+                wc[d] = -rho * zc[d];
+            }
+            rows += 2;
+        }
+        syrk_upper_acc<double>(Zd, WZd, rows, Dq_, acc.s2.data());
+    }
+
+    const Mixture<T>& mix_;
+    const Responsibilities<T>& resp_;
+    const T* centres_;
+    const T* sw_;
+    int64_t K_, D_, Bp_, Dp_, Dq_;
+    Covariance cov_;
+    Prepared<T> prep_;
+    std::vector<double> cmean_, cprime_;
+};
+
+// ---------------------------------------------------------------------------------------
+// k-means helpers
+
+/// Squared distances of the tile's rows to `m` centres: L = -½ d² (estep_diag with unit
+/// precisions and zero constants), then d2[j][i] = -2 L[j][i].
+template <class T>
+struct DistanceTile {
+    int64_t D = 0, m = 0, Bp = 0;
+    std::vector<T> ones, zeros;
+    void init(int64_t D_, int64_t m_, int64_t Bp_) {
+        D = D_;
+        m = m_;
+        Bp = Bp_;
+        ones.assign(static_cast<std::size_t>(m * D), T(1));
+        zeros.assign(static_cast<std::size_t>(m), T(0));
+    }
+    void operator()(const T* XT, const T* centres, T* L) const {
+        estep_diag(XT, Bp, D, m, centres, ones.data(), zeros.data(), L);
+    }
+};
+
+}  // namespace detail
+
+using namespace detail;
+
+// =======================================================================================
+// Entry points
+
+template <class T>
+RunInfo log_prob(const T* X, int64_t N, const Mixture<T>& mix, LogProbOutput what, T* out,
+                 const Exec& exec) {
+    RunInfo info;
+    const int64_t K = mix.K, D = mix.D;
+    Prepared<T> prep;
+    prep.init(mix, true, false);
+    const int64_t Bp = prep.Bp;
+    const int64_t ntiles = (N + Bp - 1) / Bp;
+    const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
+    std::vector<TileScratch<T>> scratch(nt);
+    std::vector<int64_t> bad(nt, -1);
+    info.status = parallel_tiles(
+        ntiles, nt, exec.cancel,
+        [&](int tid) { scratch[tid].init(Bp, D, K, prep.dense, false, false); },
+        [&](int64_t t, int tid) {
+            TileScratch<T>& ws = scratch[tid];
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            load_transposed(X, i0, n, D, Bp, ws.XT.data());
+            T* L = ws.L.data();
+            prep.weighted_log_prob(ws.XT.data(), ws.ZT.data(), L);
+            if (what == LogProbOutput::Weighted)
+                for (int64_t i = 0; i < n; ++i)
+                    for (int64_t k = 0; k < K; ++k) out[(i0 + i) * K + k] = L[k * Bp + i];
+            row_logsumexp(L, Bp, K, ws.m.data(), ws.s.data(), /*store_exp=*/false);
+            for (int64_t i = 0; i < n; ++i) {
+                const double lse = double(ws.m[i]) + std::log(double(ws.s[i]));
+                if (!std::isfinite(lse)) note_bad(bad[tid], i0 + i);
+                if (what == LogProbOutput::Sample) {
+                    out[i0 + i] = T(lse);
+                } else if (what == LogProbOutput::LogResp) {
+                    for (int64_t k = 0; k < K; ++k)
+                        out[(i0 + i) * K + k] = T(double(L[k * Bp + i]) - lse);
+                }
+            }
+        });
+    for (int64_t b : bad)
+        if (b >= 0) note_bad(info.first_bad_row, b);
+    return info;
+}
+
+template <class T>
+RunInfo em_stats(const T* X, int64_t N, const Mixture<T>& mix, const Responsibilities<T>& resp,
+                 const T* centres, const T* sample_weight, Stats& out, const Exec& exec) {
+    RunInfo info;
+    StatsKernel<T> kernel(mix, resp, centres, sample_weight);
+    const int64_t Bp = kernel.tile_rows();
+    const int64_t ntiles = (N + Bp - 1) / Bp;
+    const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
+    std::vector<StatsAccum> accs(nt);
+    std::vector<TileScratch<T>> scratch(nt);
+    std::vector<char> used(nt, 0);
+    info.status = parallel_tiles(
+        ntiles, nt, exec.cancel,
+        [&](int tid) {
+            kernel.init_thread(accs[tid], scratch[tid]);
+            used[tid] = 1;
+        },
+        [&](int64_t t, int tid) { kernel.tile(X, N, t, accs[tid], scratch[tid]); });
+    kernel.finish(accs, used, out, info);
+    return info;
+}
+
+template <class T>
+Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sample_weight,
+                       uint64_t seed, int n_local_trials, T* centres, int64_t* indices,
+                       const Exec& exec) {
+    const int64_t trials = std::max(1, n_local_trials);
+    const int64_t Bp = tile_rows<T>(D, trials, false);
+    const int64_t ntiles = (N + Bp - 1) / Bp;
+    const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
+    auto w = [&](int64_t i) { return sample_weight ? double(sample_weight[i]) : 1.0; };
+
+    AlignedBuffer<double> closest(static_cast<std::size_t>(N));       // squared distance to the nearest centre
+    std::vector<double> tile_sum(static_cast<std::size_t>(ntiles));   // Σ_tile w·closest
+    std::vector<double> tile_trial(static_cast<std::size_t>(ntiles * trials));
+    std::vector<TileScratch<T>> scratch(nt);
+    std::vector<T> cand(static_cast<std::size_t>(trials * D));
+    DistanceTile<T> dist_trials, dist_one;
+    dist_trials.init(D, trials, Bp);
+    dist_one.init(D, 1, Bp);
+    auto init = [&](int tid) { scratch[tid].init(Bp, D, trials, false, false, false); };
+
+    // Index i with cumsum(v)[i-1] < u <= cumsum(v)[i] (numpy's searchsorted 'left' on the
+    // cumulative sum), using the per-tile sums so the order of additions is fixed.
+    auto search = [&](double u, const std::vector<double>& tsum, auto value) -> int64_t {
+        double c = 0.0;
+        for (int64_t t = 0; t < ntiles; ++t) {
+            if (c + tsum[t] >= u || t == ntiles - 1) {
+                const int64_t i0 = t * Bp, i1 = std::min(N, i0 + Bp);
+                for (int64_t i = i0; i < i1; ++i) {
+                    c += value(i);
+                    if (c >= u) return i;
+                }
+                return i1 - 1;
+            }
+            c += tsum[t];
+        }
+        return N - 1;
+    };
+
+    // First centre: drawn with probability ∝ w.
+    std::vector<double> wsum(static_cast<std::size_t>(ntiles), 0.0);
+    for (int64_t t = 0; t < ntiles; ++t)
+        for (int64_t i = t * Bp; i < std::min(N, (t + 1) * Bp); ++i) wsum[t] += w(i);
+    double wtotal = 0.0;
+    for (double v : wsum) wtotal += v;
+    Xoshiro256 rng(seed);
+    int64_t first = search(rng.uniform() * wtotal, wsum, w);
+
+    auto set_centre = [&](int64_t c, int64_t idx) {
+        indices[c] = idx;
+        std::copy(X + idx * D, X + (idx + 1) * D, centres + c * D);
+    };
+    // closest = min(closest, d²(x, centre c)) and the tile sums of w·closest.
+    auto update_closest = [&](int64_t c, bool first_centre) {
+        return parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
+            TileScratch<T>& ws = scratch[tid];
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            load_transposed(X, i0, n, D, Bp, ws.XT.data());
+            dist_one(ws.XT.data(), centres + c * D, ws.L.data());
+            double sum = 0.0;
+            for (int64_t i = 0; i < n; ++i) {
+                const double d2 = -2.0 * double(ws.L[i]);
+                double& cl = closest[i0 + i];
+                cl = first_centre ? d2 : std::min(cl, d2);
+                sum += w(i0 + i) * cl;
+            }
+            tile_sum[t] = sum;
+        });
+    };
+
+    set_centre(0, first);
+    if (update_closest(0, true) == Status::Interrupted) return Status::Interrupted;
+    for (int64_t c = 1; c < K; ++c) {
+        double pot = 0.0;
+        for (double v : tile_sum) pot += v;
+        std::vector<int64_t> cand_idx(trials);
+        for (int64_t j = 0; j < trials; ++j) {
+            const double u = rng.uniform() * pot;
+            cand_idx[j] = search(u, tile_sum, [&](int64_t i) { return w(i) * closest[i]; });
+            std::copy(X + cand_idx[j] * D, X + (cand_idx[j] + 1) * D, cand.data() + j * D);
+        }
+        // Potential of each candidate: Σ_i w_i min(closest_i, d²(x_i, candidate)).
+        Status st = parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
+            TileScratch<T>& ws = scratch[tid];
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            load_transposed(X, i0, n, D, Bp, ws.XT.data());
+            dist_trials(ws.XT.data(), cand.data(), ws.L.data());
+            for (int64_t j = 0; j < trials; ++j) {
+                double sum = 0.0;
+                for (int64_t i = 0; i < n; ++i)
+                    sum += w(i0 + i) * std::min(closest[i0 + i], -2.0 * double(ws.L[j * Bp + i]));
+                tile_trial[t * trials + j] = sum;
+            }
+        });
+        if (st == Status::Interrupted) return st;
+        int64_t best = 0;
+        double best_pot = std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < trials; ++j) {
+            double p = 0.0;
+            for (int64_t t = 0; t < ntiles; ++t) p += tile_trial[t * trials + j];
+            if (p < best_pot) {
+                best_pot = p;
+                best = j;
+            }
+        }
+        set_centre(c, cand_idx[best]);
+        if (update_closest(c, false) == Status::Interrupted) return Status::Interrupted;
+    }
+    return Status::Ok;
+}
+
+template <class T>
+KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* sample_weight,
+                          T* centres, int64_t* labels, int max_iter, double tol,
+                          const Exec& exec) {
+    KMeansResult res;
+    const int64_t Bp = tile_rows<T>(D, K, false);
+    const int64_t ntiles = (N + Bp - 1) / Bp;
+    const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
+    DistanceTile<T> dist;
+    dist.init(D, K, Bp);
+    AlignedBuffer<T> mind(static_cast<std::size_t>(N));  // squared distance to the assigned centre
+    std::vector<TileScratch<T>> scratch(nt);
+    struct Acc {
+        std::vector<double> sums, counts;
+        int64_t changed = 0;
+        double inertia = 0.0;
+    };
+    std::vector<Acc> acc(nt);
+    auto w = [&](int64_t i) { return sample_weight ? double(sample_weight[i]) : 1.0; };
+    for (int64_t i = 0; i < N; ++i) labels[i] = -1;
+
+    // One pass: labels (nearest centre, lowest index on ties), optionally the sums
+    // Σ w (x - c_label) and weights per cluster, the number of changed labels, inertia.
+    auto pass = [&](bool relabel, bool accumulate) {
+        return parallel_tiles(
+            ntiles, nt, exec.cancel,
+            [&](int tid) {
+                scratch[tid].init(Bp, D, K, false, false, false);
+                acc[tid].sums.assign(static_cast<std::size_t>(K * D), 0.0);
+                acc[tid].counts.assign(static_cast<std::size_t>(K), 0.0);
+                acc[tid].changed = 0;
+                acc[tid].inertia = 0.0;
+            },
+            [&](int64_t t, int tid) {
+                TileScratch<T>& ws = scratch[tid];
+                Acc& a = acc[tid];
+                const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+                load_transposed(X, i0, n, D, Bp, ws.XT.data());
+                dist(ws.XT.data(), centres, ws.L.data());
+                const T* L = ws.L.data();
+                for (int64_t i = 0; i < n; ++i) {
+                    const int64_t row = i0 + i;
+                    int64_t lab;
+                    if (relabel) {
+                        lab = 0;
+                        T best = L[i];
+                        for (int64_t k = 1; k < K; ++k)
+                            if (L[k * Bp + i] > best) {
+                                best = L[k * Bp + i];
+                                lab = k;
+                            }
+                        if (labels[row] != lab) ++a.changed;
+                        labels[row] = lab;
+                    } else {
+                        lab = labels[row];
+                    }
+                    const double d2 = -2.0 * double(L[lab * Bp + i]);
+                    mind[row] = T(d2);
+                    const double wi = w(row);
+                    a.inertia += wi * d2;
+                    if (accumulate) {
+                        a.counts[lab] += wi;
+                        const T* x = X + row * D;
+                        const T* c = centres + lab * D;
+                        double* s = a.sums.data() + lab * D;
+                        for (int64_t d = 0; d < D; ++d) s[d] += wi * double(x[d] - c[d]);
+                    }
+                }
+            });
+    };
+
+    bool strict = false;
+    std::vector<double> sums(static_cast<std::size_t>(K * D)), counts(static_cast<std::size_t>(K));
+    std::vector<double> next(static_cast<std::size_t>(K * D));
+    for (int it = 0; it < max_iter; ++it) {
+        if (pass(true, true) == Status::Interrupted) {
+            res.status = Status::Interrupted;
+            return res;
+        }
+        std::fill(sums.begin(), sums.end(), 0.0);
+        std::fill(counts.begin(), counts.end(), 0.0);
+        int64_t changed = 0;
+        for (const Acc& a : acc) {
+            if (a.counts.empty()) continue;
+            for (std::size_t j = 0; j < sums.size(); ++j) sums[j] += a.sums[j];
+            for (int64_t k = 0; k < K; ++k) counts[k] += a.counts[k];
+            changed += a.changed;
+        }
+        // Empty clusters take the points farthest from their centres (scikit-learn's
+        // relocation), largest distance first, ties by row.
+        std::vector<int64_t> empty;
+        for (int64_t k = 0; k < K; ++k)
+            if (!(counts[k] > 0.0)) empty.push_back(k);
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t d = 0; d < D; ++d)
+                next[k * D + d] = counts[k] > 0.0
+                                      ? double(centres[k * D + d]) + sums[k * D + d] / counts[k]
+                                      : double(centres[k * D + d]);
+        if (!empty.empty()) {
+            std::vector<int64_t> order(static_cast<std::size_t>(N));
+            std::iota(order.begin(), order.end(), int64_t(0));
+            const int64_t m = std::min<int64_t>(int64_t(empty.size()), N);
+            std::partial_sort(order.begin(), order.begin() + m, order.end(),
+                              [&](int64_t a, int64_t b) {
+                                  return mind[a] > mind[b] || (mind[a] == mind[b] && a < b);
+                              });
+            for (int64_t e = 0; e < m; ++e) {
+                const int64_t row = order[e], from = labels[row], to = empty[e];
+                const double wi = w(row);
+                const T* x = X + row * D;
+                if (counts[from] - wi > 0.0) {
+                    for (int64_t d = 0; d < D; ++d)
+                        sums[from * D + d] -= wi * double(x[d] - centres[from * D + d]);
+                    counts[from] -= wi;
+                    for (int64_t d = 0; d < D; ++d)
+                        next[from * D + d] = double(centres[from * D + d]) + sums[from * D + d] / counts[from];
+                }
+                counts[to] = wi;
+                for (int64_t d = 0; d < D; ++d) next[to * D + d] = double(x[d]);
+            }
+        }
+        double shift = 0.0;
+        for (int64_t j = 0; j < K * D; ++j) {
+            const double delta = next[j] - double(centres[j]);
+            shift += delta * delta;
+            centres[j] = T(next[j]);
+        }
+        res.n_iter = it + 1;
+        if (changed == 0) {
+            strict = true;
+            break;
+        }
+        if (shift <= tol) break;
+    }
+    res.converged = strict || res.n_iter < max_iter;
+    // Labels consistent with the final centres (and the inertia of those labels).
+    if (pass(!strict, false) == Status::Interrupted) {
+        res.status = Status::Interrupted;
+        return res;
+    }
+    for (const Acc& a : acc) res.inertia += a.inertia;
+    return res;
+}
+
+#define GMMFAST_INSTANTIATE(T)                                                                 \
+    template RunInfo log_prob<T>(const T*, int64_t, const Mixture<T>&, LogProbOutput, T*,     \
+                                 const Exec&);                                                 \
+    template RunInfo em_stats<T>(const T*, int64_t, const Mixture<T>&,                         \
+                                 const Responsibilities<T>&, const T*, const T*, Stats&,       \
+                                 const Exec&);                                                 \
+    template Status kmeans_plusplus<T>(const T*, int64_t, int64_t, int64_t, const T*,         \
+                                       uint64_t, int, T*, int64_t*, const Exec&);              \
+    template KMeansResult kmeans_lloyd<T>(const T*, int64_t, int64_t, int64_t, const T*, T*,   \
+                                          int64_t*, int, double, const Exec&);
+
+GMMFAST_INSTANTIATE(float)
+GMMFAST_INSTANTIATE(double)
+#undef GMMFAST_INSTANTIATE
+
+}  // namespace GMMFAST_ISA_NS
+}  // namespace gmmfast

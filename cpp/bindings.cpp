@@ -1,0 +1,593 @@
+// gmmfast._core: NumPy bindings of the C++ kernels (the only pybind11 file).
+//
+// Every function accepts C-contiguous float32/float64 arrays without copying (other
+// layouts are converted once), checks shapes and values before any native work and
+// raises ValueError naming the offending argument, releases the GIL while the kernels
+// run, and polls for KeyboardInterrupt between row blocks.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gmmfast/em_stats.hpp"
+#include "gmmfast/finalize.hpp"
+#include "gmmfast/kmeans.hpp"
+#include "gmmfast/log_prob.hpp"
+#include "gmmfast/runtime.hpp"
+#include "gmmfast/validate.hpp"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+#ifndef GMMFAST_VERSION
+#define GMMFAST_VERSION "0+unknown"
+#endif
+
+namespace gmmfast {
+namespace {
+
+template <class T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    std::ostringstream o;
+    o << "(";
+    for (std::size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+    if (s.size() == 1) o << ",";
+    o << ")";
+    return o.str();
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+    return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+void expect_shape(const py::array& a, const std::vector<int64_t>& shape, const char* name,
+                  const char* meaning) {
+    if (shape_of(a) != shape)
+        throw py::value_error(std::string(name) + " must have shape " + meaning + " = " +
+                              shape_str(shape) + ", got " + shape_str(shape_of(a)));
+}
+
+/// Converts to a C-contiguous array of T (no copy when it already is one).
+template <class T>
+CArray<T> as_array(const py::handle& obj, const char* name) {
+    if (obj.is_none()) throw py::value_error(std::string(name) + " must be an array, got None");
+    py::array arr = py::array::ensure(obj);
+    if (!arr) throw py::value_error(std::string(name) + " must be an array");
+    const char kind = arr.dtype().kind();
+    if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b')
+        throw py::value_error(std::string(name) + " must be a real numeric array, got dtype " +
+                              std::string(py::str(arr.dtype())));
+    return CArray<T>::ensure(arr);
+}
+
+Covariance parse_covariance(const std::string& s) {
+    if (s == "full") return Covariance::Full;
+    if (s == "tied") return Covariance::Tied;
+    if (s == "diag") return Covariance::Diag;
+    if (s == "spherical") return Covariance::Spherical;
+    throw py::value_error("covariance_type must be one of 'full', 'tied', 'diag', 'spherical', got '" + s + "'");
+}
+
+std::vector<int64_t> param_shape(Covariance cov, int64_t K, int64_t D) {
+    switch (cov) {
+        case Covariance::Full: return {K, D, D};
+        case Covariance::Tied: return {D, D};
+        case Covariance::Diag: return {K, D};
+        default: return {K};
+    }
+}
+
+const char* param_meaning(Covariance cov) {
+    switch (cov) {
+        case Covariance::Full: return "(n_components, n_features, n_features)";
+        case Covariance::Tied: return "(n_features, n_features)";
+        case Covariance::Diag: return "(n_components, n_features)";
+        default: return "(n_components,)";
+    }
+}
+
+/// X as a 2-D, non-empty, C-contiguous array of T.
+template <class T>
+CArray<T> data_matrix(const py::array& X) {
+    if (X.ndim() != 2)
+        throw py::value_error("X must be a 2-D array of shape (n_samples, n_features), got " +
+                              std::to_string(X.ndim()) + " dimension(s)");
+    if (X.shape(0) < 1) throw py::value_error("X must have at least one sample, got shape " + shape_str(shape_of(X)));
+    if (X.shape(1) < 1) throw py::value_error("X must have at least one feature, got shape " + shape_str(shape_of(X)));
+    return CArray<T>::ensure(X);
+}
+
+/// A mixture parsed from Python arrays; keeps the converted arrays alive.
+template <class T>
+struct PyMixture {
+    CArray<T> log_weights, means, prec_chol;
+    Mixture<T> view;
+
+    PyMixture(const py::handle& lw, const py::handle& mu, const py::handle& pc, Covariance cov,
+              int64_t D, bool check_values) {
+        log_weights = as_array<T>(lw, "log_weights");
+        means = as_array<T>(mu, "means");
+        prec_chol = as_array<T>(pc, "precisions_cholesky");
+        if (log_weights.ndim() != 1 || log_weights.shape(0) < 1)
+            throw py::value_error("log_weights must be a non-empty 1-D array of shape (n_components,), got shape " +
+                                  shape_str(shape_of(log_weights)));
+        const int64_t K = log_weights.shape(0);
+        expect_shape(means, {K, D}, "means", "(n_components, n_features)");
+        expect_shape(prec_chol, param_shape(cov, K, D), "precisions_cholesky", param_meaning(cov));
+        view.K = K;
+        view.D = D;
+        view.cov = cov;
+        view.log_weights = log_weights.data();
+        view.means = means.data();
+        view.prec_chol = prec_chol.data();
+        if (check_values) {
+            const std::string err = check_mixture(view);  // O(K·D²): cheap, keep the GIL
+            if (!err.empty()) throw py::value_error(err);
+        }
+    }
+};
+
+/// Polls Python's signal handlers (Ctrl-C) at most every 50 ms from the calling thread.
+struct SignalPoll {
+    std::chrono::steady_clock::time_point next = std::chrono::steady_clock::now();
+    Cancel cancel;
+    SignalPoll() {
+        cancel.poll = &SignalPoll::poll;
+        cancel.ctx = this;
+    }
+    static bool poll(void* ctx) {
+        auto* self = static_cast<SignalPoll*>(ctx);
+        const auto now = std::chrono::steady_clock::now();
+        if (now < self->next) return false;
+        self->next = now + std::chrono::milliseconds(50);
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    }
+};
+
+Exec make_exec(int n_threads, SignalPoll& sp) {
+    if (n_threads < 0) throw py::value_error("n_threads must be >= 0 (0 = OpenMP's default), got " + std::to_string(n_threads));
+    Exec e;
+    e.n_threads = n_threads;
+    e.cancel = &sp.cancel;
+    return e;
+}
+
+/// Raised for a row whose log-likelihood is not finite: names the cause.
+template <class T>
+[[noreturn]] void raise_bad_row(const T* X, int64_t D, int64_t row) {
+    bool nan = false, inf = false;
+    for (int64_t d = 0; d < D; ++d) {
+        nan |= std::isnan(X[row * D + d]);
+        inf |= std::isinf(X[row * D + d]);
+    }
+    const std::string dtype = sizeof(T) == 4 ? "float32" : "float64";
+    if (nan) throw py::value_error("Input X contains NaN (first at row " + std::to_string(row) + ").");
+    if (inf)
+        throw py::value_error("Input X contains infinity or a value too large for dtype('" + dtype +
+                              "') (first at row " + std::to_string(row) + ").");
+    throw py::value_error("The log-likelihood of X row " + std::to_string(row) +
+                          " is not finite under this mixture: " + dtype +
+                          " arithmetic overflowed (values too far from every component). "
+                          "Scale the data, or pass float64 data.");
+}
+
+void check_interrupt(Status st) {
+    if (st == Status::Interrupted) throw py::error_already_set();
+}
+
+void check_rows(Status st, int64_t bad, const std::function<void(int64_t)>& raise) {
+    check_interrupt(st);
+    if (bad >= 0) raise(bad);
+}
+
+// ------------------------------------------------------------------------------- log_prob
+
+template <class T>
+py::array log_prob_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
+                     const py::handle& pc, Covariance cov, LogProbOutput what, int n_threads) {
+    CArray<T> X = data_matrix<T>(Xa);
+    const int64_t N = X.shape(0), D = X.shape(1);
+    PyMixture<T> mix(lw, mu, pc, cov, D, true);
+    const int64_t K = mix.view.K;
+    py::array_t<T> out = what == LogProbOutput::Sample ? py::array_t<T>({N}) : py::array_t<T>({N, K});
+    SignalPoll sp;
+    Exec exec = make_exec(n_threads, sp);
+    RunInfo info;
+    {
+        py::gil_scoped_release release;
+        info = log_prob<T>(X.data(), N, mix.view, what, out.mutable_data(), exec);
+    }
+    check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    return std::move(out);
+}
+
+LogProbOutput parse_output(const std::string& s) {
+    if (s == "sample") return LogProbOutput::Sample;
+    if (s == "log_resp") return LogProbOutput::LogResp;
+    if (s == "weighted") return LogProbOutput::Weighted;
+    throw py::value_error("output must be one of 'sample', 'log_resp', 'weighted', got '" + s + "'");
+}
+
+template <class F>
+auto dispatch_dtype(const py::array& X, F&& f) {
+    if (X.dtype().is(py::dtype::of<float>())) return f(float{});
+    if (X.dtype().is(py::dtype::of<double>())) return f(double{});
+    throw py::value_error("X must be a float32 or float64 array, got dtype " + std::string(py::str(X.dtype())));
+}
+
+py::array py_log_prob(const py::array& X, const py::handle& lw, const py::handle& mu,
+                      const py::handle& pc, const std::string& cov, const std::string& output,
+                      int n_threads) {
+    const Covariance c = parse_covariance(cov);
+    const LogProbOutput what = parse_output(output);
+    return dispatch_dtype(X, [&](auto tag) -> py::array {
+        using T = decltype(tag);
+        return log_prob_t<T>(X, lw, mu, pc, c, what, n_threads);
+    });
+}
+
+// ------------------------------------------------------------------------------- em_stats
+
+template <class T>
+CArray<T> optional_weights(const py::object& sw, int64_t N, bool allow_negative) {
+    CArray<T> w = as_array<T>(sw, "sample_weight");
+    expect_shape(w, {N}, "sample_weight", "(n_samples,)");
+    const T* p = w.data();
+    for (int64_t i = 0; i < N; ++i) {
+        if (!std::isfinite(p[i]))
+            throw py::value_error("sample_weight must be finite, but entry " + std::to_string(i) + " is " +
+                                  std::to_string(double(p[i])));
+        if (!allow_negative && p[i] < T(0))
+            throw py::value_error("sample_weight must be non-negative, but entry " + std::to_string(i) + " is " +
+                                  std::to_string(double(p[i])));
+    }
+    return w;
+}
+
+template <class T>
+py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
+                     const py::handle& pc, Covariance cov, const py::object& centres_obj,
+                     const py::object& sw, const py::object& resp_obj, const py::object& labels_obj,
+                     int64_t n_components, int n_threads) {
+    CArray<T> X = data_matrix<T>(Xa);
+    const int64_t N = X.shape(0), D = X.shape(1);
+    Responsibilities<T> resp;
+    CArray<T> resp_arr;
+    py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels_arr;
+    if (!resp_obj.is_none() && !labels_obj.is_none())
+        throw py::value_error("pass at most one of resp and labels");
+    // Given responsibilities or labels replace the E-step: the mixture is then only a
+    // shape (K from n_components or the centres).
+    const bool estep = resp_obj.is_none() && labels_obj.is_none();
+    std::unique_ptr<PyMixture<T>> mix;
+    Mixture<T> shape_only;
+    int64_t K;
+    if (estep) {
+        mix.reset(new PyMixture<T>(lw, mu, pc, cov, D, true));
+        K = mix->view.K;
+    } else {
+        K = n_components;
+        if (K < 1) throw py::value_error("n_components must be >= 1 when resp or labels are given");
+        shape_only.K = K;
+        shape_only.D = D;
+        shape_only.cov = cov;
+    }
+    const Mixture<T>& view = estep ? mix->view : shape_only;
+    if (!resp_obj.is_none()) {
+        resp_arr = as_array<T>(resp_obj, "resp");
+        expect_shape(resp_arr, {N, K}, "resp", "(n_samples, n_components)");
+        const T* r = resp_arr.data();
+        for (int64_t j = 0; j < N * K; ++j)
+            if (!std::isfinite(r[j]) || r[j] < T(0))
+                throw py::value_error("resp must be finite and non-negative, but entry [" + std::to_string(j / K) +
+                                      ", " + std::to_string(j % K) + "] is " + std::to_string(double(r[j])));
+        resp.source = RespSource::Given;
+        resp.resp = r;
+    } else if (!labels_obj.is_none()) {
+        py::array la = py::array::ensure(labels_obj);
+        if (!la || (la.dtype().kind() != 'i' && la.dtype().kind() != 'u'))
+            throw py::value_error("labels must be an integer array");
+        labels_arr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(la);
+        expect_shape(labels_arr, {N}, "labels", "(n_samples,)");
+        const int64_t* l = labels_arr.data();
+        for (int64_t i = 0; i < N; ++i)
+            if (l[i] < 0 || l[i] >= K)
+                throw py::value_error("labels must lie in [0, n_components) = [0, " + std::to_string(K) +
+                                      "), but entry " + std::to_string(i) + " is " + std::to_string(l[i]));
+        resp.source = RespSource::Labels;
+        resp.labels = l;
+    }
+    CArray<T> centres;
+    if (centres_obj.is_none()) {
+        if (!estep) throw py::value_error("centres are required when resp or labels are given");
+        centres = mix->means;
+    } else {
+        centres = as_array<T>(centres_obj, "centres");
+        expect_shape(centres, {K, D}, "centres", "(n_components, n_features)");
+        for (int64_t j = 0; j < K * D; ++j)
+            if (!std::isfinite(centres.data()[j])) throw py::value_error("centres must be finite");
+    }
+    CArray<T> weights;
+    if (!sw.is_none()) weights = optional_weights<T>(sw, N, true);
+
+    py::array_t<double> nk({K}), s1({K, D});
+    std::vector<int64_t> s2shape = param_shape(cov, K, D);
+    py::array_t<double> s2(s2shape);
+    Stats st;
+    st.nk = nk.mutable_data();
+    st.s1 = s1.mutable_data();
+    st.s2 = s2.mutable_data();
+    SignalPoll sp;
+    Exec exec = make_exec(n_threads, sp);
+    RunInfo info;
+    {
+        py::gil_scoped_release release;
+        info = em_stats<T>(X.data(), N, view, resp, centres.data(), sw.is_none() ? nullptr : weights.data(), st,
+                           exec);
+    }
+    check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2);
+}
+
+py::tuple py_em_stats(const py::array& X, const py::object& lw, const py::object& mu,
+                      const py::object& pc, const std::string& cov, const py::object& centres,
+                      const py::object& sw, const py::object& resp, const py::object& labels,
+                      int64_t n_components, int n_threads) {
+    const Covariance c = parse_covariance(cov);
+    return dispatch_dtype(X, [&](auto tag) -> py::tuple {
+        using T = decltype(tag);
+        return em_stats_t<T>(X, lw, mu, pc, c, centres, sw, resp, labels, n_components, n_threads);
+    });
+}
+
+// ------------------------------------------------------------------------------- finalize
+
+const char* kIllDefined =
+    "Fitting the mixture model failed because some components have "
+    "ill-defined empirical covariance (for instance caused by singleton "
+    "or collapsed samples). Try to decrease the number of components, "
+    "increase reg_covar, or scale the input data.";
+const char* kIllDefinedF32 =
+    " The numerical accuracy can also be improved by passing float64"
+    " data instead of float32.";
+
+py::tuple py_finalize(const std::string& cov_s, const py::handle& nk_o, const py::handle& s1_o,
+                      const py::handle& s2_o, const py::handle& centres_o, double reg_covar,
+                      double nk_eps, bool float32_message) {
+    const Covariance cov = parse_covariance(cov_s);
+    CArray<double> nk = as_array<double>(nk_o, "nk");
+    if (nk.ndim() != 1 || nk.shape(0) < 1)
+        throw py::value_error("nk must be a non-empty 1-D array, got shape " + shape_str(shape_of(nk)));
+    const int64_t K = nk.shape(0);
+    CArray<double> s1 = as_array<double>(s1_o, "s1");
+    if (s1.ndim() != 2 || s1.shape(0) != K || s1.shape(1) < 1)
+        throw py::value_error("s1 must have shape (n_components, n_features) with n_components = " +
+                              std::to_string(K) + ", got " + shape_str(shape_of(s1)));
+    const int64_t D = s1.shape(1);
+    CArray<double> s2 = as_array<double>(s2_o, "s2");
+    expect_shape(s2, param_shape(cov, K, D), "s2", param_meaning(cov));
+    CArray<double> centres = as_array<double>(centres_o, "centres");
+    expect_shape(centres, {K, D}, "centres", "(n_components, n_features)");
+    if (!(reg_covar >= 0.0) || !std::isfinite(reg_covar))
+        throw py::value_error("reg_covar must be a finite number >= 0, got " + std::to_string(reg_covar));
+    if (!(nk_eps >= 0.0) || !std::isfinite(nk_eps))
+        throw py::value_error("nk_eps must be a finite number >= 0");
+    double total = 0.0;
+    for (auto* a : {&nk, &s1, &s2, &centres}) {
+        const double* p = a->data();
+        for (py::ssize_t j = 0; j < a->size(); ++j)
+            if (!std::isfinite(p[j])) throw py::value_error("statistics must be finite");
+    }
+    for (int64_t k = 0; k < K; ++k) total += nk.data()[k] + nk_eps;
+    if (!(total > 0.0)) throw py::value_error("the statistics carry no weight (sum of nk <= 0)");
+
+    std::vector<int64_t> pshape = param_shape(cov, K, D);
+    py::array_t<double> weights({K}), means({K, D}), covariances(pshape), prec_chol(pshape), log_det({K});
+    FinalizeOutput out;
+    out.weights = weights.mutable_data();
+    out.means = means.mutable_data();
+    out.covariances = covariances.mutable_data();
+    out.prec_chol = prec_chol.mutable_data();
+    out.log_det_chol = log_det.mutable_data();
+    int64_t failed;
+    {
+        py::gil_scoped_release release;
+        failed = finalize(cov, K, D, nk.data(), s1.data(), s2.data(), centres.data(), reg_covar, nk_eps, out);
+    }
+    if (failed >= 0) throw py::value_error(std::string(kIllDefined) + (float32_message ? kIllDefinedF32 : ""));
+    return py::make_tuple(weights, means, covariances, prec_chol, log_det);
+}
+
+py::tuple py_precision_cholesky(const py::handle& cov_o, const std::string& cov_s, bool float32_message) {
+    const Covariance cov = parse_covariance(cov_s);
+    CArray<double> c = as_array<double>(cov_o, "covariances");
+    int64_t K, D;
+    switch (cov) {
+        case Covariance::Full:
+            if (c.ndim() != 3 || c.shape(1) != c.shape(2) || c.shape(0) < 1 || c.shape(1) < 1)
+                throw py::value_error("covariances must have shape (n_components, n_features, n_features), got " +
+                                      shape_str(shape_of(c)));
+            K = c.shape(0);
+            D = c.shape(1);
+            break;
+        case Covariance::Tied:
+            if (c.ndim() != 2 || c.shape(0) != c.shape(1) || c.shape(0) < 1)
+                throw py::value_error("covariances must have shape (n_features, n_features), got " + shape_str(shape_of(c)));
+            K = 1;
+            D = c.shape(0);
+            break;
+        case Covariance::Diag:
+            if (c.ndim() != 2 || c.shape(0) < 1 || c.shape(1) < 1)
+                throw py::value_error("covariances must have shape (n_components, n_features), got " + shape_str(shape_of(c)));
+            K = c.shape(0);
+            D = c.shape(1);
+            break;
+        default:
+            if (c.ndim() != 1 || c.shape(0) < 1)
+                throw py::value_error("covariances must have shape (n_components,), got " + shape_str(shape_of(c)));
+            K = c.shape(0);
+            D = 1;
+            break;
+    }
+    std::vector<int64_t> pshape = shape_of(c);
+    py::array_t<double> prec(pshape), log_det({K});
+    int64_t failed;
+    {
+        py::gil_scoped_release release;
+        failed = precision_cholesky_from_covariances(cov, K, D, c.data(), prec.mutable_data(), log_det.mutable_data());
+    }
+    if (failed >= 0) throw py::value_error(std::string(kIllDefined) + (float32_message ? kIllDefinedF32 : ""));
+    // Spherical log-dets need D, which the caller supplies: return per-feature values.
+    return py::make_tuple(prec, log_det);
+}
+
+// --------------------------------------------------------------------------------- kmeans
+
+template <class T>
+void check_finite_X(const CArray<T>& X, int n_threads) {
+    int64_t bad;
+    {
+        py::gil_scoped_release release;
+        bad = first_nonfinite_row(X.data(), X.shape(0), X.shape(1), n_threads);
+    }
+    if (bad >= 0) raise_bad_row(X.data(), X.shape(1), bad);
+}
+
+py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::object& sw,
+                             uint64_t seed, int n_local_trials, int n_threads) {
+    return dispatch_dtype(Xa, [&](auto tag) -> py::tuple {
+        using T = decltype(tag);
+        CArray<T> X = data_matrix<T>(Xa);
+        const int64_t N = X.shape(0), D = X.shape(1);
+        if (n_clusters < 1 || n_clusters > N)
+            throw py::value_error("n_clusters must be in [1, n_samples] = [1, " + std::to_string(N) + "], got " +
+                                  std::to_string(n_clusters));
+        if (n_local_trials < 1) throw py::value_error("n_local_trials must be >= 1");
+        CArray<T> w;
+        if (!sw.is_none()) {
+            w = optional_weights<T>(sw, N, false);
+            double total = 0.0;
+            for (int64_t i = 0; i < N; ++i) total += double(w.data()[i]);
+            if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
+        }
+        check_finite_X(X, n_threads);
+        py::array_t<T> centres({n_clusters, D});
+        py::array_t<int64_t> indices({n_clusters});
+        SignalPoll sp;
+        Exec exec = make_exec(n_threads, sp);
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = kmeans_plusplus<T>(X.data(), N, D, n_clusters, sw.is_none() ? nullptr : w.data(), seed,
+                                    n_local_trials, centres.mutable_data(), indices.mutable_data(), exec);
+        }
+        check_interrupt(st);
+        return py::make_tuple(centres, indices);
+    });
+}
+
+py::tuple py_kmeans_lloyd(const py::array& Xa, const py::handle& centres_o, const py::object& sw,
+                          int max_iter, double tol, int n_threads) {
+    return dispatch_dtype(Xa, [&](auto tag) -> py::tuple {
+        using T = decltype(tag);
+        CArray<T> X = data_matrix<T>(Xa);
+        const int64_t N = X.shape(0), D = X.shape(1);
+        CArray<T> c_in = as_array<T>(centres_o, "centres");
+        if (c_in.ndim() != 2 || c_in.shape(1) != D || c_in.shape(0) < 1)
+            throw py::value_error("centres must have shape (n_clusters, n_features) with n_features = " +
+                                  std::to_string(D) + ", got " + shape_str(shape_of(c_in)));
+        const int64_t K = c_in.shape(0);
+        if (K > N)
+            throw py::value_error("n_samples=" + std::to_string(N) + " should be >= n_clusters=" + std::to_string(K) + ".");
+        if (max_iter < 1) throw py::value_error("max_iter must be >= 1, got " + std::to_string(max_iter));
+        if (!(tol >= 0.0)) throw py::value_error("tol must be >= 0");
+        for (int64_t j = 0; j < K * D; ++j)
+            if (!std::isfinite(c_in.data()[j])) throw py::value_error("centres must be finite");
+        CArray<T> w;
+        if (!sw.is_none()) w = optional_weights<T>(sw, N, false);
+        check_finite_X(X, n_threads);
+        py::array_t<T> centres({K, D});
+        std::copy(c_in.data(), c_in.data() + K * D, centres.mutable_data());
+        py::array_t<int64_t> labels({N});
+        SignalPoll sp;
+        Exec exec = make_exec(n_threads, sp);
+        KMeansResult res;
+        {
+            py::gil_scoped_release release;
+            res = kmeans_lloyd<T>(X.data(), N, D, K, sw.is_none() ? nullptr : w.data(), centres.mutable_data(),
+                                  labels.mutable_data(), max_iter, tol, exec);
+        }
+        check_interrupt(res.status);
+        return py::make_tuple(centres, labels, res.inertia, res.n_iter, res.converged);
+    });
+}
+
+int64_t py_first_nonfinite_row(const py::array& Xa, int n_threads) {
+    return dispatch_dtype(Xa, [&](auto tag) -> int64_t {
+        using T = decltype(tag);
+        CArray<T> X = data_matrix<T>(Xa);
+        py::gil_scoped_release release;
+        return first_nonfinite_row(X.data(), X.shape(0), X.shape(1), n_threads);
+    });
+}
+
+py::dict py_build_info() {
+    py::dict d;
+    d["version"] = GMMFAST_VERSION;
+    d["compiler"] = compiler_description();
+    const int omp = openmp_version();
+    d["openmp"] = omp ? py::object(py::int_(omp)) : py::object(py::none());
+    d["max_threads"] = resolve_threads(0);
+    d["isa"] = active_isa();
+    d["compiled_isas"] = compiled_isas();
+#ifdef NDEBUG
+    d["build_type"] = "release";
+#else
+    d["build_type"] = "debug";
+#endif
+    return d;
+}
+
+}  // namespace
+}  // namespace gmmfast
+
+PYBIND11_MODULE(_core, m) {
+    using namespace gmmfast;
+    m.doc() = "gmmfast native kernels (C++/OpenMP). Use gmmfast.ops for the documented API.";
+    m.attr("__version__") = GMMFAST_VERSION;
+    m.def("log_prob", &py_log_prob, "X"_a, "log_weights"_a, "means"_a, "precisions_cholesky"_a,
+          "covariance_type"_a = "full", "output"_a = "sample", "n_threads"_a = 0,
+          "Log-densities of X under a mixture: output 'sample' (N,), 'log_resp' or 'weighted' (N, K).");
+    m.def("em_stats", &py_em_stats, "X"_a, "log_weights"_a, "means"_a, "precisions_cholesky"_a,
+          "covariance_type"_a = "full", "centres"_a = py::none(), "sample_weight"_a = py::none(),
+          "resp"_a = py::none(), "labels"_a = py::none(), "n_components"_a = 0, "n_threads"_a = 0,
+          "Fused E-step + centred sufficient statistics in one pass over X. Returns "
+          "(log_likelihood, weight_sum, nk, s1, s2).");
+    m.def("finalize", &py_finalize, "covariance_type"_a, "nk"_a, "s1"_a, "s2"_a, "centres"_a,
+          "reg_covar"_a, "nk_eps"_a, "float32_message"_a = false,
+          "Statistics -> (weights, means, covariances, precisions_cholesky, log_det_cholesky), float64.");
+    m.def("precision_cholesky", &py_precision_cholesky, "covariances"_a, "covariance_type"_a,
+          "float32_message"_a = false,
+          "Covariances -> (precisions_cholesky, per-component log-det); spherical log-dets are per feature.");
+    m.def("kmeans_plusplus", &py_kmeans_plusplus, "X"_a, "n_clusters"_a, "sample_weight"_a = py::none(),
+          "seed"_a = 0, "n_local_trials"_a = 1, "n_threads"_a = 0, "Greedy k-means++ seeding -> (centres, indices).");
+    m.def("kmeans_lloyd", &py_kmeans_lloyd, "X"_a, "centres"_a, "sample_weight"_a = py::none(),
+          "max_iter"_a = 300, "tol"_a = 0.0, "n_threads"_a = 0,
+          "Lloyd iterations -> (centres, labels, inertia, n_iter, converged).");
+    m.def("first_nonfinite_row", &py_first_nonfinite_row, "X"_a, "n_threads"_a = 0);
+    m.def("build_info", &py_build_info);
+    m.def("active_isa", &active_isa);
+    m.def("compiled_isas", &compiled_isas);
+    m.def("set_isa", &set_isa, "name"_a,
+          "Selects an instruction-set variant of the kernels; False when it is not available here.");
+}

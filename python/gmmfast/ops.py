@@ -1,0 +1,488 @@
+"""Native Gaussian-mixture primitives for NumPy arrays.
+
+Every EM computation in gmmfast is built from three kernels (see ARCHITECTURE.md):
+
+- :func:`log_prob` — log-densities of samples: per-sample log-likelihood,
+  log-responsibilities, or per-component weighted log-densities;
+- :func:`em_stats` — the fused E-step and sufficient statistics, in one pass over X,
+  centred at per-component centres (normally the current means);
+- :func:`finalize` — statistics to parameters (scikit-learn's M-step, in float64).
+
+plus :func:`em` (EM from given initial parameters) and k-means for initialisation
+(:func:`kmeans`, :func:`kmeans_plusplus`, :func:`kmeans_lloyd`).
+
+Parameters use scikit-learn's precision-Cholesky parameterisation; the shapes are listed
+in :mod:`gmmfast.reference`, which implements the same functions in readable NumPy.
+float32 data run float32 kernels (statistics are accumulated in float64); any other real
+dtype is converted to float64. The GIL is released while the kernels run, and Ctrl-C
+interrupts them between row blocks.
+
+Example
+-------
+>>> import numpy as np, gmmfast.ops as ops
+>>> X = np.random.default_rng(0).normal(size=(1000, 2))
+>>> init = ops.initial_params(X, 3, "full", random_state=0)
+>>> result = ops.em(X, init)
+>>> result.params.weights.shape, result.converged
+((3,), True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _core
+from ._types import EMResult, EMStats, MixtureParams, param_shape
+from ._validation import (
+    as_data,
+    as_param,
+    check_covariance_type,
+    n_threads_arg,
+    seed_from,
+)
+
+__all__ = [
+    "log_prob",
+    "em_stats",
+    "finalize",
+    "precision_cholesky",
+    "em",
+    "initial_params",
+    "kmeans",
+    "kmeans_plusplus",
+    "kmeans_lloyd",
+    "KMeansResult",
+]
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def log_prob(
+    X,
+    log_weights,
+    means,
+    precisions_cholesky,
+    covariance_type: str = "full",
+    output: str = "sample",
+    *,
+    n_threads: Optional[int] = None,
+) -> np.ndarray:
+    """Log-densities of the rows of X under a Gaussian mixture.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    log_weights : array of shape (n_components,)
+        log π_k; -inf marks a component of weight zero.
+    means : array of shape (n_components, n_features)
+    precisions_cholesky : array
+        full (K, D, D) upper triangular, tied (D, D), diag (K, D), spherical (K,).
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    output : {'sample', 'log_resp', 'weighted'}
+        'sample': (n_samples,) log p(x_i); 'log_resp': (n_samples, n_components)
+        log p(k | x_i); 'weighted': (n_samples, n_components) log π_k + log N(x_i | k).
+    n_threads : int, optional
+        OpenMP threads (default: OMP_NUM_THREADS or all cores).
+
+    Returns
+    -------
+    ndarray in X's floating dtype.
+
+    Raises
+    ------
+    ValueError
+        for shapes that do not match, invalid parameters (non-finite, a precision
+        Cholesky factor that is not upper triangular with a positive diagonal), or a
+        row of X whose log-likelihood is not finite (NaN/inf in X, overflow).
+    """
+    check_covariance_type(covariance_type)
+    X = as_data(X)
+    dt = X.dtype
+    return _core.log_prob(
+        X,
+        as_param(log_weights, "log_weights", dt),
+        as_param(means, "means", dt),
+        as_param(precisions_cholesky, "precisions_cholesky", dt),
+        covariance_type,
+        output,
+        n_threads_arg(n_threads),
+    )
+
+
+def em_stats(
+    X,
+    log_weights,
+    means,
+    precisions_cholesky,
+    covariance_type: str = "full",
+    *,
+    centres=None,
+    sample_weight=None,
+    resp=None,
+    labels=None,
+    n_threads: Optional[int] = None,
+) -> EMStats:
+    """E-step and sufficient statistics in one pass over X (see :class:`EMStats`).
+
+    Parameters
+    ----------
+    X, log_weights, means, precisions_cholesky, covariance_type
+        as in :func:`log_prob`. When ``resp`` or ``labels`` is given, only the number of
+        components (from ``means``) is read from the mixture.
+    centres : array of shape (n_components, n_features), optional
+        Centres of the statistics, default ``means``. Centring at the current means
+        keeps float32 accurate on data far from the origin.
+    sample_weight : array of shape (n_samples,), optional
+        Per-sample weights g_i (may be negative: the autograd backward uses this).
+    resp : array of shape (n_samples, n_components), optional
+        Responsibilities to use instead of the E-step (rows need not sum to one).
+    labels : int array of shape (n_samples,), optional
+        Hard assignments to use instead of the E-step.
+
+    Returns
+    -------
+    EMStats
+        float64 statistics; ``log_likelihood`` is 0.0 when ``resp``/``labels`` is given.
+        Nothing of size n_samples × n_components is allocated.
+    """
+    check_covariance_type(covariance_type)
+    X = as_data(X)
+    dt = X.dtype
+    means_a = as_param(means, "means", dt)
+    if means_a.ndim != 2:
+        raise ValueError(f"means must have shape (n_components, n_features), got {means_a.shape}")
+    K = means_a.shape[0]
+    estep = resp is None and labels is None
+    if centres is None:
+        centres_a = means_a
+    else:
+        centres_a = as_param(centres, "centres", dt)
+    ll, wsum, nk, s1, s2 = _core.em_stats(
+        X,
+        as_param(log_weights, "log_weights", dt) if estep else None,
+        means_a if estep else None,
+        as_param(precisions_cholesky, "precisions_cholesky", dt) if estep else None,
+        covariance_type,
+        centres_a,
+        None if sample_weight is None else as_param(sample_weight, "sample_weight", dt),
+        None if resp is None else as_param(resp, "resp", dt),
+        None if labels is None else np.asarray(labels),
+        K,
+        n_threads_arg(n_threads),
+    )
+    return EMStats(covariance_type, centres_a.astype(np.float64), ll, wsum, nk, s1, s2)
+
+
+def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=np.float64) -> MixtureParams:
+    """Statistics to parameters: scikit-learn's M-step, computed in float64.
+
+    ``n_k = nk + 10·eps(dtype)`` (scikit-learn's guard against empty components),
+    weights ``n_k / Σ n_k``, means ``(Σ r x) / n_k``, covariances about the new means
+    plus ``reg_covar`` on the diagonal, and the precision Cholesky factors.
+
+    Parameters
+    ----------
+    stats : EMStats
+    reg_covar : float, default 1e-6
+    dtype : float32 or float64
+        The data's dtype: sets the epsilon and the error message, as in scikit-learn.
+
+    Raises
+    ------
+    ValueError
+        with scikit-learn's message when a covariance is not positive definite.
+    """
+    if not isinstance(stats, EMStats):
+        raise ValueError(f"stats must be an EMStats, got {type(stats).__name__}")
+    dtype = _float_dtype(dtype)
+    nk_eps = 10.0 * float(np.finfo(dtype).eps)
+    weights, means, covariances, prec_chol, log_det = _core.finalize(
+        stats.covariance_type,
+        stats.nk,
+        stats.s1,
+        stats.s2,
+        stats.centres,
+        float(reg_covar),
+        nk_eps,
+        dtype == np.float32,
+    )
+    return MixtureParams(stats.covariance_type, weights, means, covariances, prec_chol, log_det)
+
+
+def precision_cholesky(covariances, covariance_type: str, *, n_features: Optional[int] = None):
+    """Precision Cholesky factors and their log-determinants from covariances.
+
+    Returns ``(precisions_cholesky, log_det_cholesky)`` in float64. For tied covariance
+    the log-determinant is a 0-d array; spherical needs ``n_features``.
+    """
+    check_covariance_type(covariance_type)
+    cov = np.asarray(covariances, dtype=np.float64)
+    if covariance_type == "spherical":
+        if n_features is None:
+            raise ValueError("n_features is required for spherical covariances")
+    prec, log_det = _core.precision_cholesky(cov, covariance_type, False)
+    if covariance_type == "spherical":
+        log_det = log_det * n_features
+    if covariance_type == "tied":
+        log_det = np.asarray(log_det[0])
+    return prec, log_det
+
+
+def em(
+    X,
+    init: MixtureParams,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    reg_covar: float = 1e-6,
+    sample_weight=None,
+    n_threads: Optional[int] = None,
+    callback: Optional[Callable[[int, float, float], None]] = None,
+) -> EMResult:
+    """EM from given parameters, with scikit-learn's loop and convergence rule.
+
+    Each iteration is one :func:`em_stats` pass centred at the current means followed by
+    :func:`finalize`. The lower bound of an iteration is the (weighted) mean
+    log-likelihood *before* its M-step, as in scikit-learn; EM stops when it changes by
+    less than ``tol``. ``callback(n_iter, lower_bound, change)`` runs after each
+    iteration (for progress reporting).
+
+    float32 data run float32 kernels; the returned parameters are float64.
+    """
+    X = as_data(X)
+    dtype = X.dtype
+    if not isinstance(init, MixtureParams):
+        raise ValueError(f"init must be a MixtureParams, got {type(init).__name__}")
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    params = init
+    lower_bound = -np.inf
+    lower_bounds = []
+    converged = False
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        prev = lower_bound
+        with np.errstate(divide="ignore"):
+            log_weights = np.log(params.weights)
+        stats = em_stats(
+            X,
+            log_weights,
+            params.means,
+            params.precisions_cholesky,
+            params.covariance_type,
+            sample_weight=sample_weight,
+            n_threads=n_threads,
+        )
+        lower_bound = stats.mean_log_likelihood
+        params = finalize(stats, reg_covar, dtype)
+        lower_bounds.append(lower_bound)
+        change = lower_bound - prev
+        if callback is not None:
+            callback(n_iter, lower_bound, change)
+        if abs(change) < tol:
+            converged = True
+            break
+    return EMResult(params, float(lower_bound), lower_bounds, n_iter, converged)
+
+
+@dataclass
+class KMeansResult:
+    """Outcome of :func:`kmeans`."""
+
+    centres: np.ndarray
+    labels: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+
+
+def kmeans_plusplus(
+    X,
+    n_clusters: int,
+    *,
+    random_state=None,
+    sample_weight=None,
+    n_local_trials: Optional[int] = None,
+    n_threads: Optional[int] = None,
+):
+    """Greedy k-means++ seeding (scikit-learn's algorithm, gmmfast's random stream).
+
+    Returns ``(centres, indices)``: ``centres == X[indices]``. Deterministic for a given
+    ``random_state`` whatever the thread count.
+    """
+    X = as_data(X)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters)) if n_clusters >= 1 else 1
+    return _core.kmeans_plusplus(
+        X,
+        int(n_clusters),
+        None if sample_weight is None else as_param(sample_weight, "sample_weight", X.dtype),
+        seed_from(random_state),
+        int(n_local_trials),
+        n_threads_arg(n_threads),
+    )
+
+
+def kmeans_lloyd(
+    X, centres, *, max_iter: int = 300, tol: float = 0.0, sample_weight=None, n_threads=None
+):
+    """Lloyd iterations from given centres (``tol`` is absolute: Σ‖Δc‖² <= tol stops).
+
+    Returns ``(centres, labels, inertia, n_iter, converged)`` like
+    :func:`gmmfast.reference.kmeans_lloyd`.
+    """
+    X = as_data(X)
+    return _core.kmeans_lloyd(
+        X,
+        as_param(centres, "centres", X.dtype),
+        None if sample_weight is None else as_param(sample_weight, "sample_weight", X.dtype),
+        int(max_iter),
+        float(tol),
+        n_threads_arg(n_threads),
+    )
+
+
+def _column_variance_mean(X, sample_weight, n_threads) -> float:
+    """mean over features of the variance of X's columns, without an N×D temporary:
+    a one-component diagonal mixture has responsibilities exactly 1, so its em_stats
+    are the column sums about the given centre."""
+    D = X.shape[1]
+    centre = np.mean(X, axis=0, dtype=np.float64)[None, :].astype(X.dtype)
+    st = em_stats(
+        X,
+        np.zeros(1),
+        centre,
+        np.ones((1, D)),
+        "diag",
+        sample_weight=sample_weight,
+        n_threads=n_threads,
+    )
+    n = st.weight_sum
+    var = st.s2[0] / n - (st.s1[0] / n) ** 2
+    return float(np.mean(var))
+
+
+def kmeans(
+    X,
+    n_clusters: int,
+    *,
+    init="k-means++",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    random_state=None,
+    sample_weight=None,
+    n_threads: Optional[int] = None,
+) -> KMeansResult:
+    """k-means (one run, like scikit-learn's ``KMeans(n_init=1)``).
+
+    Parameters
+    ----------
+    init : 'k-means++', 'random' or array of shape (n_clusters, n_features)
+    tol : float
+        Relative tolerance: Lloyd stops once Σ‖Δc‖² <= tol · mean column variance
+        (scikit-learn's scaling), or when no label changes.
+    """
+    X = as_data(X)
+    if not (1 <= int(n_clusters) <= X.shape[0]):
+        raise ValueError(
+            f"n_samples={X.shape[0]} should be >= n_clusters={n_clusters}."
+            if n_clusters > X.shape[0]
+            else f"n_clusters must be >= 1, got {n_clusters}"
+        )
+    if isinstance(init, str) and init == "k-means++":
+        centres, _ = kmeans_plusplus(
+            X, n_clusters, random_state=random_state, sample_weight=sample_weight, n_threads=n_threads
+        )
+    elif isinstance(init, str) and init == "random":
+        rs = np.random.default_rng(seed_from(random_state))
+        centres = X[np.sort(rs.choice(X.shape[0], size=n_clusters, replace=False))]
+    elif isinstance(init, str):
+        raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}")
+    else:
+        centres = as_param(init, "init", X.dtype)
+        if centres.shape != (n_clusters, X.shape[1]):
+            raise ValueError(
+                f"init must have shape (n_clusters, n_features) = {(n_clusters, X.shape[1])}, "
+                f"got {centres.shape}"
+            )
+    scaled_tol = float(tol) * _column_variance_mean(X, sample_weight, n_threads) if tol else 0.0
+    c, labels, inertia, n_iter, converged = kmeans_lloyd(
+        X, centres, max_iter=max_iter, tol=scaled_tol, sample_weight=sample_weight, n_threads=n_threads
+    )
+    return KMeansResult(c, labels, inertia, n_iter, converged)
+
+
+def initial_params(
+    X,
+    n_components: int,
+    covariance_type: str = "full",
+    *,
+    init_params: str = "kmeans",
+    reg_covar: float = 1e-6,
+    random_state=None,
+    sample_weight=None,
+    n_threads: Optional[int] = None,
+) -> MixtureParams:
+    """Initial mixture parameters as scikit-learn's GaussianMixture computes them.
+
+    ``init_params``: 'kmeans' (labels of one k-means run), 'k-means++' (one-hot at the
+    k-means++ seeds), 'random' (random responsibilities) or 'random_from_data' (one-hot
+    at random rows). The parameters are the M-step of those responsibilities, computed
+    by :func:`em_stats` in two passes (means first, then statistics centred at them), so
+    that no n_samples × n_components array is needed except for 'random'.
+    """
+    check_covariance_type(covariance_type)
+    X = as_data(X)
+    N, D = X.shape
+    K = int(n_components)
+    if not (1 <= K <= N):
+        raise ValueError(
+            f"n_components must be in [1, n_samples] = [1, {N}], got {n_components}"
+        )
+    resp = labels = None
+    if init_params == "kmeans":
+        labels = kmeans(
+            X, K, random_state=random_state, sample_weight=sample_weight, n_threads=n_threads
+        ).labels
+    elif init_params == "k-means++":
+        _, idx = kmeans_plusplus(
+            X, K, random_state=random_state, sample_weight=sample_weight, n_threads=n_threads
+        )
+        resp = np.zeros((N, K), dtype=X.dtype)
+        resp[idx, np.arange(K)] = 1
+    elif init_params == "random":
+        rs = np.random.default_rng(seed_from(random_state))
+        resp = rs.uniform(size=(N, K)).astype(X.dtype)
+        resp /= resp.sum(axis=1, keepdims=True)
+    elif init_params == "random_from_data":
+        rs = np.random.default_rng(seed_from(random_state))
+        idx = rs.choice(N, size=K, replace=False)
+        resp = np.zeros((N, K), dtype=X.dtype)
+        resp[idx, np.arange(K)] = 1
+    else:
+        raise ValueError(
+            "init_params must be one of 'kmeans', 'k-means++', 'random', 'random_from_data', "
+            f"got {init_params!r}"
+        )
+    shape_only = dict(
+        log_weights=np.zeros(K),
+        means=np.zeros((K, D)),
+        precisions_cholesky=np.ones(param_shape(covariance_type, K, D)),
+        covariance_type=covariance_type,
+        sample_weight=sample_weight,
+        resp=resp,
+        labels=labels,
+        n_threads=n_threads,
+    )
+    # Pass 1 centres at the data mean; pass 2 at the means it gives, for accuracy.
+    centre = np.mean(X, axis=0, dtype=np.float64)
+    first = em_stats(X, centres=np.tile(centre, (K, 1)), **shape_only)
+    params = finalize(first, reg_covar, X.dtype)
+    second = em_stats(X, centres=params.means, **shape_only)
+    return finalize(second, reg_covar, X.dtype)
