@@ -1,16 +1,33 @@
 """gmmfast: fast, exact Gaussian mixture models.
 
+- :class:`gmmfast.GaussianMixture`: scikit-learn's GaussianMixture, many times faster;
+  :func:`gmmfast.load` reads models written by ``GaussianMixture.save``;
 - :mod:`gmmfast.ops`: native primitives (log_prob, em_stats, finalize, em, k-means)
   for NumPy arrays;
 - :mod:`gmmfast.reference`: the same operations in readable NumPy (the test oracle).
 """
 
 from . import _core
+from ._compat import ConvergenceWarning, NotFittedError
 from ._types import EMResult, EMStats, MixtureParams
+from .io import ModelFileError, load_model as load
+from .mixture import GaussianMixture
 
 __version__ = _core.__version__
 
-__all__ = ["build_info", "cuda_available", "EMStats", "MixtureParams", "EMResult", "__version__"]
+__all__ = [
+    "GaussianMixture",
+    "load",
+    "ModelFileError",
+    "ConvergenceWarning",
+    "NotFittedError",
+    "build_info",
+    "cuda_available",
+    "EMStats",
+    "MixtureParams",
+    "EMResult",
+    "__version__",
+]
 
 
 def cuda_available() -> bool:

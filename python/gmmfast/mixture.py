@@ -1,0 +1,865 @@
+"""gmmfast.GaussianMixture: scikit-learn's GaussianMixture on gmmfast's native kernels.
+
+Same constructor, methods, fitted attributes and semantics as
+``sklearn.mixture.GaussianMixture`` (1.9), plus:
+
+- ``sample_weight`` in ``fit``, ``fit_predict``, ``score``, ``bic`` and ``aic`` (exact
+  weighted EM: integer weights give the fit of repeated rows);
+- ``recovery``: what to do when a component collapses or its covariance is
+  ill-defined ("reg_covar" raises the regularisation, "reseed" restarts the component);
+  the default, None, raises scikit-learn's error like scikit-learn;
+- ``n_threads`` for the OpenMP kernels;
+- ``save(path)`` / :func:`gmmfast.load` in a portable, pickle-free format.
+
+float32 data are fitted with float32 kernels (statistics accumulated in float64) and the
+fitted parameters are float32, as scikit-learn keeps them; float64 stays float64; other
+numeric input is converted to float64.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from time import time
+from typing import Optional
+
+import numpy as np
+
+from . import _core, ops
+from ._compat import BaseEstimator, ConvergenceWarning, DensityMixin, NotFittedError
+from ._types import COVARIANCE_TYPES, EMStats, MixtureParams, param_shape
+from ._validation import check_random_state
+
+__all__ = ["GaussianMixture"]
+
+_INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+_RECOVERY = (None, "reg_covar", "reseed")
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _interval_error(name, what, value):
+    return ValueError(
+        f"The {name!r} parameter of GaussianMixture must be {what}. Got {value!r} instead."
+    )
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise _interval_error(name, f"an int in the range [{low}, inf)", value)
+
+
+def _check_real(name, value, low):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value < low
+    ):
+        raise _interval_error(name, f"a float in the range [{low}, inf)", value)
+
+
+def _feature_names(X):
+    """Column names of a DataFrame-like X when they are all strings (scikit-learn's rule)."""
+    cols = getattr(X, "columns", None)
+    if cols is None:
+        return None
+    names = np.asarray(list(cols), dtype=object)
+    if len(names) and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
+def _as_2d_float(X, context: str = " by GaussianMixture") -> np.ndarray:
+    """X as a 2-D float32/float64 array with scikit-learn's check_array messages."""
+    arr = np.asarray(X)
+    if arr.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported\n{arr}\n")
+    if arr.dtype.kind in "USV":
+        raise ValueError(
+            "dtype='numeric' is not compatible with arrays of bytes/strings."
+            "Convert your data to numeric values explicitly instead."
+        )
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"X must contain only numbers: {exc}") from exc
+    if arr.ndim == 0:
+        raise ValueError(
+            f"Expected 2D array, got scalar array instead:\narray={arr}.\n"
+            "Reshape your data either using array.reshape(-1, 1) if "
+            "your data has a single feature or array.reshape(1, -1) "
+            "if it contains a single sample."
+        )
+    if arr.ndim == 1:
+        raise ValueError(
+            f"Expected 2D array, got 1D array instead:\narray={arr}.\n"
+            "Reshape your data either using array.reshape(-1, 1) if "
+            "your data has a single feature or array.reshape(1, -1) "
+            "if it contains a single sample."
+        )
+    if arr.ndim >= 3:
+        raise ValueError(f"Found array with dim {arr.ndim}, while dim <= 2 is required{context}.")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def _check_finite(X: np.ndarray, name: str = "X"):
+    row = _core.first_nonfinite_row(X) if X.size else -1
+    if row >= 0:
+        if np.isnan(X[row]).any():
+            raise ValueError(f"Input {name} contains NaN (first at row {row}).")
+        raise ValueError(
+            f"Input {name} contains infinity or a value too large for {X.dtype!r} "
+            f"(first at row {row})."
+        )
+
+
+def _check_sample_weight(sample_weight, n_samples: int, dtype) -> Optional[np.ndarray]:
+    """scikit-learn's _check_sample_weight, plus 'finite' and 'not all zero'."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, numbers.Number):
+        sw = np.full(n_samples, sample_weight, dtype=dtype)
+    else:
+        sw = np.asarray(sample_weight)
+        if sw.dtype.kind not in "fiub":
+            raise ValueError(f"sample_weight must be numeric, got dtype {sw.dtype}")
+        sw = sw.astype(dtype)
+        if sw.ndim != 1:
+            raise ValueError("Sample weights must be 1D array or scalar")
+        if sw.shape != (n_samples,):
+            raise ValueError(f"sample_weight.shape == {sw.shape}, expected {(n_samples,)}!")
+    if not np.all(np.isfinite(sw)):
+        raise ValueError("sample_weight must be finite")
+    if np.any(sw < 0):
+        raise ValueError("Negative values in data passed to `sample_weight`")
+    if not sw.sum() > 0:
+        raise ValueError("sample_weight must not sum to zero")
+    return np.ascontiguousarray(sw)
+
+
+def _check_shape(param, shape, name):
+    if param.shape != shape:
+        raise ValueError(
+            "The parameter '%s' should have the shape of %s, but got %s" % (name, shape, param.shape)
+        )
+
+
+def _check_weights_init(weights, n_components):
+    weights = np.asarray(weights)
+    if weights.dtype not in (np.float32, np.float64):
+        weights = weights.astype(np.float64)
+    _check_shape(weights, (n_components,), "weights")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0.0) or np.any(weights > 1.0):
+        raise ValueError(
+            "The parameter 'weights' should be in the range [0, 1], but got max value "
+            "%.5f, min value %.5f" % (np.max(weights), np.min(weights))
+        )
+    atol = 1e-6 if weights.dtype == np.float32 else 1e-8
+    if not np.allclose(float(abs(1.0 - np.sum(weights))), 0.0, atol=atol):
+        raise ValueError(
+            "The parameter 'weights' should be normalized, but got sum(weights) = %.5f"
+            % np.sum(weights)
+        )
+    return weights.astype(np.float64)
+
+
+def _check_means_init(means, n_components, n_features):
+    means = np.asarray(means, dtype=np.float64)
+    _check_shape(means, (n_components, n_features), "means")
+    if not np.all(np.isfinite(means)):
+        raise ValueError("The parameter 'means' must be finite")
+    return means
+
+
+def _check_precisions_init(precisions, covariance_type, n_components, n_features):
+    precisions = np.asarray(precisions, dtype=np.float64)
+    _check_shape(precisions, param_shape(covariance_type, n_components, n_features), "precisions")
+    if covariance_type in ("diag", "spherical"):
+        if not np.all(np.isfinite(precisions)) or np.any(precisions <= 0.0):
+            raise ValueError("'%s precision' should be positive" % covariance_type)
+        return precisions
+    mats = precisions if covariance_type == "full" else precisions[None]
+    for p in mats:
+        ok = np.all(np.isfinite(p)) and np.allclose(p, p.T) and np.all(np.linalg.eigvalsh(p) > 0.0)
+        if not ok:
+            raise ValueError("'%s precision' should be symmetric, positive-definite" % covariance_type)
+    return precisions
+
+
+def _precision_cholesky_from_precisions(precisions, covariance_type):
+    """Upper-triangular U with Λ = U Uᵀ (scikit-learn's reverse-order Cholesky)."""
+    if covariance_type in ("diag", "spherical"):
+        return np.sqrt(precisions)
+    mats = precisions if covariance_type == "full" else precisions[None]
+    # J Λ J = L Lᵀ with J the exchange matrix  =>  Λ = (J L J)(J L J)ᵀ, J L J upper.
+    flipped = np.linalg.cholesky(mats[:, ::-1, ::-1])
+    U = np.ascontiguousarray(flipped[:, ::-1, ::-1])
+    return U if covariance_type == "full" else U[0]
+
+
+def _covariances_from_precisions(precisions, covariance_type):
+    if covariance_type in ("diag", "spherical"):
+        return 1.0 / precisions
+    return np.linalg.inv(precisions)
+
+
+def _precisions_from_cholesky(prec_chol, covariance_type):
+    if covariance_type == "full":
+        return np.matmul(prec_chol, np.swapaxes(prec_chol, 1, 2))
+    if covariance_type == "tied":
+        return prec_chol @ prec_chol.T
+    return prec_chol**2
+
+
+# ------------------------------------------------------------------------------- estimator
+
+
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture model fitted by EM on gmmfast's native kernels.
+
+    A drop-in replacement for :class:`sklearn.mixture.GaussianMixture`: the parameters,
+    methods, fitted attributes and results are scikit-learn's (see its documentation);
+    only the extras are described here.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+    tol : float, default=1e-3
+        Convergence threshold on the change of the (weighted) mean log-likelihood.
+    reg_covar : float, default=1e-6
+    max_iter : int, default=100
+    n_init : int, default=1
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        Initialisation uses gmmfast's own C++ k-means / k-means++.
+    weights_init, means_init, precisions_init : array-like, default=None
+    random_state : int, RandomState instance or None, default=None
+    warm_start : bool, default=False
+    verbose : int, default=0
+    verbose_interval : int, default=10
+    recovery : {None, 'reg_covar', 'reseed'}, default=None
+        What to do when a covariance is ill-defined (not positive definite) or a
+        component collapses (its responsibility mass falls below two average samples):
+
+        - None: raise scikit-learn's ValueError, as scikit-learn does (collapsed
+          components are left alone);
+        - 'reg_covar': retry the M-step with reg_covar multiplied by 10 until the
+          covariances are positive definite; ``reg_covar_`` records the value used;
+        - 'reseed': restart each failed or collapsed component at the worst-explained
+          sample (lowest log-likelihood), with the average covariance of the others and
+          weight 1/n_components; at most ``max(10, n_components)`` restarts per
+          initialisation, counted in ``n_reseeds_``.
+
+        Both are deterministic; a warning reports that recovery happened.
+    n_threads : int, default=None
+        OpenMP threads of the kernels (None: OMP_NUM_THREADS or all cores).
+
+    Attributes
+    ----------
+    weights_, means_, covariances_, precisions_, precisions_cholesky_ : ndarray
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+    lower_bounds_ : list of float
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str (only when X had string column names)
+    reg_covar_ : float
+        The regularisation in effect at the end of the fit (differs from reg_covar only
+        with recovery='reg_covar').
+    n_reseeds_ : int
+        Components restarted by recovery='reseed' (0 otherwise).
+    """
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+        recovery=None,
+        n_threads=None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.recovery = recovery
+        self.n_threads = n_threads
+
+    # ------------------------------------------------------------------ parameter checks
+
+    def _check_params(self):
+        _check_int("n_components", self.n_components, 1)
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise _interval_error(
+                "covariance_type", f"a str among {set(COVARIANCE_TYPES)}", self.covariance_type
+            )
+        _check_real("tol", self.tol, 0.0)
+        _check_real("reg_covar", self.reg_covar, 0.0)
+        _check_int("max_iter", self.max_iter, 0)
+        _check_int("n_init", self.n_init, 1)
+        if self.init_params not in _INIT_PARAMS:
+            raise _interval_error("init_params", f"a str among {set(_INIT_PARAMS)}", self.init_params)
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise _interval_error("warm_start", "an instance of 'bool'", self.warm_start)
+        _check_int("verbose", int(self.verbose) if isinstance(self.verbose, bool) else self.verbose, 0)
+        _check_int("verbose_interval", self.verbose_interval, 1)
+        if self.recovery not in _RECOVERY:
+            raise _interval_error("recovery", "None, 'reg_covar' or 'reseed'", self.recovery)
+        if self.n_threads is not None:
+            _check_int("n_threads", self.n_threads, 1)
+        check_random_state(self.random_state)
+
+    def _validate_X(self, X, *, reset: bool, min_samples: int = 1) -> np.ndarray:
+        names = _feature_names(X)
+        arr = _as_2d_float(X)
+        if arr.shape[0] < min_samples:
+            raise ValueError(
+                "Found array with %d sample(s) (shape=%s) while a minimum of %d is required by "
+                "GaussianMixture." % (arr.shape[0], arr.shape, min_samples)
+            )
+        if arr.shape[1] < 1:
+            raise ValueError(
+                "Found array with %d feature(s) (shape=%s) while a minimum of 1 is required by "
+                "GaussianMixture." % (arr.shape[1], arr.shape)
+            )
+        if reset:
+            self.n_features_in_ = arr.shape[1]
+            if names is not None:
+                self.feature_names_in_ = names
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        else:
+            if arr.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {arr.shape[1]} features, but GaussianMixture is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            fitted = getattr(self, "feature_names_in_", None)
+            if fitted is not None and names is None:
+                warnings.warn(
+                    "X does not have valid feature names, but GaussianMixture was fitted "
+                    "with feature names",
+                    UserWarning,
+                )
+            elif fitted is None and names is not None:
+                warnings.warn(
+                    "X has feature names, but GaussianMixture was fitted without feature names",
+                    UserWarning,
+                )
+            elif fitted is not None and not np.array_equal(fitted, names):
+                raise ValueError(
+                    "The feature names should match those that were passed during fit."
+                )
+        _check_finite(arr)
+        return arr
+
+    def _check_is_fitted(self):
+        if not hasattr(self, "means_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "means_")
+
+    # ------------------------------------------------------------------------- fitting
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Estimate the parameters with EM (``n_init`` runs, the best kept).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative per-sample weights; integer weights are equivalent to
+            repeating rows.
+
+        Returns
+        -------
+        self
+        """
+        self._fit(X, sample_weight)
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return the component labels of X (equal to fit(X).predict(X))."""
+        Xv = self._fit(X, sample_weight)
+        return self._labels(Xv)
+
+    def _fit(self, X, sample_weight) -> np.ndarray:
+        self._check_params()
+        X = self._validate_X(X, reset=True, min_samples=2)
+        n_samples, n_features = X.shape
+        if n_samples < self.n_components:
+            raise ValueError(
+                "Expected n_samples >= n_components "
+                f"but got n_components = {self.n_components}, n_samples = {n_samples}"
+            )
+        sw = _check_sample_weight(sample_weight, n_samples, X.dtype)
+        inits = self._checked_inits(n_features)
+
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        n_init = self.n_init if do_init else 1
+        random_state = check_random_state(self.random_state)
+        max_lower_bound = -np.inf
+        best_lower_bounds = []
+        best = None
+        self.converged_ = False
+        self.reg_covar_ = float(self.reg_covar)
+        self.n_reseeds_ = 0
+        for init in range(n_init):
+            self._verbose_init_begin(init)
+            if do_init:
+                params = self._initial_params(X, sw, random_state, inits)
+            else:
+                params = self._fitted_params()
+            lower_bound = -np.inf if do_init else self.lower_bound_
+            if self.max_iter == 0:
+                best, best_n_iter = params, 0
+                continue
+            state = _RunState(self.reg_covar, n_samples)
+            current = []
+            converged = False
+            restarted = False
+            for n_iter in range(1, self.max_iter + 1):
+                # after a restart the objective changed: no convergence test against it
+                prev = -np.inf if restarted else lower_bound
+                stats = ops.em_stats(
+                    X,
+                    _log_weights(params.weights).astype(X.dtype),
+                    params.means.astype(X.dtype),
+                    params.precisions_cholesky.astype(X.dtype),
+                    self.covariance_type,
+                    sample_weight=sw,
+                    n_threads=self.n_threads,
+                )
+                lower_bound = stats.mean_log_likelihood
+                params, restarted = self._m_step(stats, X, sw, params, state)
+                current.append(lower_bound)
+                change = lower_bound - prev
+                self._verbose_iter_end(n_iter, change)
+                if not restarted and abs(change) < self.tol:
+                    converged = True
+                    break
+            self._verbose_init_end(lower_bound, converged)
+            self.reg_covar_ = max(self.reg_covar_, state.reg_covar)
+            self.n_reseeds_ += state.reseeds
+            if lower_bound > max_lower_bound or max_lower_bound == -np.inf:
+                max_lower_bound = lower_bound
+                best = params
+                best_n_iter = n_iter
+                best_lower_bounds = current
+                self.converged_ = converged
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. "
+                "Try different init parameters, or increase max_iter, "
+                "tol, or check for degenerate data.",
+                ConvergenceWarning,
+            )
+        if self.n_reseeds_ or self.reg_covar_ > self.reg_covar:
+            warnings.warn(
+                f"recovery={self.recovery!r}: "
+                + (
+                    f"{self.n_reseeds_} component restart(s)"
+                    if self.recovery == "reseed"
+                    else f"reg_covar raised to {self.reg_covar_:.3g}"
+                )
+                + " to keep every covariance positive definite.",
+                RuntimeWarning,
+            )
+        self._set_params_from(best, X.dtype)
+        self.n_iter_ = best_n_iter
+        self.lower_bound_ = max_lower_bound
+        self.lower_bounds_ = best_lower_bounds
+        return X
+
+    def _checked_inits(self, n_features):
+        K, t = self.n_components, self.covariance_type
+        return (
+            None if self.weights_init is None else _check_weights_init(self.weights_init, K),
+            None if self.means_init is None else _check_means_init(self.means_init, K, n_features),
+            None
+            if self.precisions_init is None
+            else _check_precisions_init(self.precisions_init, t, K, n_features),
+        )
+
+    def _initial_params(self, X, sw, random_state, inits) -> MixtureParams:
+        weights_init, means_init, precisions_init = inits
+        t = self.covariance_type
+        if weights_init is None or means_init is None or precisions_init is None:
+            params = ops.initial_params(
+                X,
+                self.n_components,
+                t,
+                init_params=self.init_params,
+                reg_covar=self.reg_covar,
+                random_state=random_state,
+                sample_weight=sw,
+                n_threads=self.n_threads,
+            )
+        else:
+            params = None
+        weights = params.weights if weights_init is None else weights_init
+        means = params.means if means_init is None else means_init
+        if precisions_init is None:
+            covariances, prec_chol = params.covariances, params.precisions_cholesky
+        else:
+            prec_chol = _precision_cholesky_from_precisions(precisions_init, t)
+            covariances = _covariances_from_precisions(precisions_init, t)
+        return MixtureParams(t, weights, means, covariances, prec_chol)
+
+    def _m_step(self, stats: EMStats, X, sw, prev: MixtureParams, state: "_RunState"):
+        """finalize, with the recovery policy for ill-defined or collapsed components.
+
+        Returns (params, restarted) where restarted tells that components were reseeded.
+        """
+        try:
+            params = ops.finalize(stats, state.reg_covar, X.dtype)
+        except ValueError:
+            if self.recovery is None:
+                raise
+            if self.recovery == "reg_covar" or self.covariance_type == "tied":
+                return self._escalate_reg_covar(stats, X, state), False
+            return self._reseed(stats, X, sw, prev, state)
+        if self.recovery == "reseed":
+            collapsed = self._collapsed(stats, state.n_rows)
+            if collapsed.size and state.reseeds < state.max_reseeds(self.n_components):
+                return self._reseed(stats, X, sw, prev, state, failed=collapsed, params=params)
+        return params, False
+
+    def _escalate_reg_covar(self, stats, X, state):
+        scale = max(float(np.mean(_diag_of(stats, self.covariance_type))), 1e-300)
+        reg = max(state.reg_covar * 10.0, 1e-12 * scale)
+        while True:
+            try:
+                params = ops.finalize(stats, reg, X.dtype)
+            except ValueError:
+                if reg > 1e6 * scale:
+                    raise
+                reg *= 10.0
+                continue
+            state.reg_covar = reg
+            return params
+
+    @staticmethod
+    def _collapsed(stats: EMStats, n_rows: int) -> np.ndarray:
+        # Fewer than two average samples' worth of responsibility: a covariance cannot
+        # be estimated from it (scale-free: weights may be normalised).
+        threshold = 2.0 * stats.weight_sum / max(n_rows, 1)
+        return np.flatnonzero(stats.nk < threshold)
+
+    def _reseed(self, stats, X, sw, prev, state, failed=None, params=None):
+        """Restart failed/collapsed components at the worst-explained samples."""
+        K, t = self.n_components, self.covariance_type
+        if failed is None:
+            failed = self._failed_components(stats, X.dtype, state.reg_covar)
+        budget = state.max_reseeds(K) - state.reseeds
+        if budget <= 0 or failed.size == 0 or failed.size >= K:
+            # nothing sensible to restart from: fall back to raising the regularisation
+            return self._escalate_reg_covar(stats, X, state), False
+        failed = failed[:budget]
+        if params is None:
+            # finalize the healthy components; failed ones are replaced below
+            params = ops.finalize(_with_components_neutralised(stats, failed), state.reg_covar, X.dtype)
+        ll = ops.log_prob(
+            X,
+            _log_weights(prev.weights).astype(X.dtype),
+            prev.means.astype(X.dtype),
+            prev.precisions_cholesky.astype(X.dtype),
+            t,
+            "sample",
+            n_threads=self.n_threads,
+        )
+        if sw is not None:
+            ll = np.where(sw > 0, ll, np.inf)  # never seed at a zero-weight sample
+        order = np.argsort(ll, kind="stable")
+        healthy = np.setdiff1d(np.arange(K), failed)
+        weights = params.weights.copy()
+        means = params.means.copy()
+        covariances = params.covariances.copy()
+        if t != "tied":
+            mean_cov = covariances[healthy].mean(axis=0)
+        for j, k in enumerate(failed):
+            means[k] = X[order[j]]
+            weights[k] = 1.0 / K
+            if t != "tied":
+                covariances[k] = mean_cov
+        weights /= weights.sum()
+        prec_chol, log_det = ops.precision_cholesky(covariances, t, n_features=X.shape[1])
+        state.reseeds += failed.size
+        return MixtureParams(t, weights, means, covariances, prec_chol, log_det), True
+
+    def _failed_components(self, stats: EMStats, dtype, reg) -> np.ndarray:
+        failed = []
+        for k in range(stats.n_components):
+            single = _component_stats(stats, k)
+            try:
+                ops.finalize(single, reg, dtype)
+            except ValueError:
+                failed.append(k)
+        return np.asarray(failed, dtype=np.int64)
+
+    # ----------------------------------------------------------------------- prediction
+
+    def _labels(self, X: np.ndarray) -> np.ndarray:
+        # argmax of the weighted log-densities, in row blocks so that memory stays
+        # O(block · n_components) whatever n_samples
+        out = np.empty(X.shape[0], dtype=np.int64)
+        block = max(1, (1 << 22) // max(self.n_components, 1))
+        for start in range(0, X.shape[0], block):
+            w = self._log_prob(X[start : start + block], "weighted")
+            out[start : start + block] = np.argmax(w, axis=1)
+        return out
+
+    def _log_prob(self, X, output):
+        return ops.log_prob(
+            X,
+            _log_weights(self.weights_).astype(X.dtype),
+            self.means_.astype(X.dtype),
+            self.precisions_cholesky_.astype(X.dtype),
+            self.covariance_type,
+            output,
+            n_threads=self.n_threads,
+        )
+
+    def predict(self, X):
+        """Component labels of the samples in X."""
+        self._check_is_fitted()
+        return self._labels(self._validate_X(X, reset=False))
+
+    def predict_proba(self, X):
+        """Posterior probability of each component for each sample, (n_samples, n_components)."""
+        self._check_is_fitted()
+        X = self._validate_X(X, reset=False)
+        return np.exp(self._log_prob(X, "log_resp"))
+
+    def score_samples(self, X):
+        """Log-likelihood of each sample under the model."""
+        self._check_is_fitted()
+        return self._log_prob(self._validate_X(X, reset=False), "sample")
+
+    def score(self, X, y=None, sample_weight=None):
+        """Mean (weighted) log-likelihood of X under the model."""
+        self._check_is_fitted()
+        X = self._validate_X(X, reset=False)
+        ll = self._log_prob(X, "sample").astype(np.float64)
+        sw = _check_sample_weight(sample_weight, X.shape[0], np.float64)
+        return float(ll.mean() if sw is None else np.dot(sw, ll) / sw.sum())
+
+    def sample(self, n_samples=1):
+        """Draw samples from the fitted model (scikit-learn's algorithm and random stream).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,), the component of each sample
+        """
+        self._check_is_fitted()
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(
+                "Invalid value for 'n_samples': %s . The sampling requires at least one sample."
+                % n_samples
+            )
+        n_features = self.means_.shape[1]
+        rng = check_random_state(self.random_state)
+        if isinstance(rng, np.random.Generator):
+            rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
+        weights = self.weights_.astype(np.float64)
+        counts = rng.multinomial(n_samples, weights / weights.sum())
+        means = self.means_.astype(np.float64)
+        cov = self.covariances_.astype(np.float64)
+        if self.covariance_type == "full":
+            X = np.vstack([rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(means, cov, counts)])
+        elif self.covariance_type == "tied":
+            X = np.vstack([rng.multivariate_normal(m, cov, int(s)) for m, s in zip(means, counts)])
+        else:
+            X = np.vstack(
+                [
+                    m + rng.standard_normal(size=(s, n_features)) * np.sqrt(c)
+                    for m, c, s in zip(means, cov, counts)
+                ]
+            )
+        y = np.concatenate([np.full(int(s), k, dtype=np.int64) for k, s in enumerate(counts)])
+        return X, y
+
+    # -------------------------------------------------------------- information criteria
+
+    def _n_parameters(self) -> int:
+        _, n_features = self.means_.shape
+        K = self.n_components
+        cov_params = {
+            "full": K * n_features * (n_features + 1) / 2.0,
+            "diag": K * n_features,
+            "tied": n_features * (n_features + 1) / 2.0,
+            "spherical": K,
+        }[self.covariance_type]
+        return int(cov_params + n_features * K + K - 1)
+
+    def _n_effective(self, X, sample_weight) -> float:
+        n = np.asarray(X).shape[0] if sample_weight is None else float(
+            _check_sample_weight(sample_weight, np.asarray(X).shape[0], np.float64).sum()
+        )
+        return float(n)
+
+    def bic(self, X, sample_weight=None):
+        """Bayesian information criterion (lower is better); weights count as repetitions."""
+        n = self._n_effective(X, sample_weight)
+        return -2 * self.score(X, sample_weight=sample_weight) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X, sample_weight=None):
+        """Akaike information criterion (lower is better); weights count as repetitions."""
+        n = self._n_effective(X, sample_weight)
+        return -2 * self.score(X, sample_weight=sample_weight) * n + 2 * self._n_parameters()
+
+    # ---------------------------------------------------------------------- persistence
+
+    def save(self, path):
+        """Write the fitted model to ``path`` (.npz arrays + JSON metadata; no pickle).
+
+        Load it back with :func:`gmmfast.load`.
+        """
+        from .io import save_model
+
+        self._check_is_fitted()
+        save_model(self, path)
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _fitted_params(self) -> MixtureParams:
+        return MixtureParams(
+            self.covariance_type,
+            self.weights_.astype(np.float64),
+            self.means_.astype(np.float64),
+            self.covariances_.astype(np.float64),
+            self.precisions_cholesky_.astype(np.float64),
+        )
+
+    def _set_params_from(self, params: MixtureParams, dtype):
+        self.weights_ = params.weights.astype(dtype)
+        self.means_ = params.means.astype(dtype)
+        self.covariances_ = params.covariances.astype(dtype)
+        self.precisions_cholesky_ = params.precisions_cholesky.astype(dtype)
+        self.precisions_ = _precisions_from_cholesky(
+            params.precisions_cholesky.astype(np.float64), self.covariance_type
+        ).astype(dtype)
+
+    # scikit-learn's verbose output, word for word
+    def _verbose_init_begin(self, n_init):
+        if self.verbose >= 1:
+            print("Initialization %d" % n_init)
+        if self.verbose >= 2:
+            self._init_prev_time = time()
+            self._iter_prev_time = self._init_prev_time
+
+    def _verbose_iter_end(self, n_iter, diff_ll):
+        if n_iter % self.verbose_interval == 0:
+            if self.verbose == 1:
+                print("  Iteration %d" % n_iter)
+            elif self.verbose >= 2:
+                cur_time = time()
+                print(
+                    "  Iteration %d\t time lapse %.5fs\t ll change %.5f"
+                    % (n_iter, cur_time - self._iter_prev_time, diff_ll)
+                )
+                self._iter_prev_time = cur_time
+
+    def _verbose_init_end(self, lb, converged):
+        msg = "converged" if converged else "did not converge"
+        if self.verbose == 1:
+            print(f"Initialization {msg}.")
+        elif self.verbose >= 2:
+            t = time() - self._init_prev_time
+            print(f"Initialization {msg}. time lapse {t:.5f}s\t lower bound {lb:.5f}.")
+
+
+class _RunState:
+    """Recovery bookkeeping for one EM run."""
+
+    def __init__(self, reg_covar, n_rows):
+        self.reg_covar = float(reg_covar)
+        self.n_rows = n_rows
+        self.reseeds = 0
+
+    @staticmethod
+    def max_reseeds(n_components):
+        return max(10, n_components)
+
+
+def _log_weights(weights):
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(weights, dtype=np.float64))
+
+
+def _diag_of(stats: EMStats, covariance_type):
+    """Per-feature second moments (for scaling reg_covar escalation)."""
+    total = max(stats.weight_sum, 1e-300)
+    if covariance_type == "full":
+        return np.einsum("kii->i", stats.s2) / total
+    if covariance_type == "tied":
+        return np.diag(stats.s2) / total
+    if covariance_type == "diag":
+        return stats.s2.sum(axis=0) / total
+    return np.atleast_1d(stats.s2.sum() / total / stats.s1.shape[1])
+
+
+def _component_stats(stats: EMStats, k: int) -> EMStats:
+    s2 = stats.s2 if stats.covariance_type == "tied" else stats.s2[k : k + 1]
+    return EMStats(
+        stats.covariance_type,
+        stats.centres[k : k + 1],
+        0.0,
+        stats.weight_sum,
+        stats.nk[k : k + 1],
+        stats.s1[k : k + 1],
+        s2,
+    )
+
+
+def _with_components_neutralised(stats: EMStats, failed) -> EMStats:
+    """Statistics where the failed components look like a unit-variance blob, so that
+    finalize succeeds for the others (the failed ones are replaced afterwards)."""
+    nk = stats.nk.copy()
+    s1 = stats.s1.copy()
+    s2 = stats.s2.copy()
+    D = s1.shape[1]
+    for k in failed:
+        nk[k] = 1.0
+        s1[k] = 0.0
+        if stats.covariance_type == "full":
+            s2[k] = np.eye(D)
+        elif stats.covariance_type == "diag":
+            s2[k] = 1.0
+        elif stats.covariance_type == "spherical":
+            s2[k] = D
+    return EMStats(stats.covariance_type, stats.centres, 0.0, stats.weight_sum, nk, s1, s2)
