@@ -18,6 +18,7 @@
 
 #include "gmmfast/em_stats.hpp"
 #include "gmmfast/finalize.hpp"
+#include "gmmfast/grad.hpp"
 #include "gmmfast/kmeans.hpp"
 #include "gmmfast/log_prob.hpp"
 #include "gmmfast/runtime.hpp"
@@ -238,6 +239,17 @@ py::array py_log_prob(const py::array& X, const py::handle& lw, const py::handle
 
 // ------------------------------------------------------------------------------- em_stats
 
+/// resp must be finite; non-negative unless signed (the autograd backward passes
+/// upstream gradients as weights).
+template <class T>
+void check_resp(const T* r, int64_t N, int64_t K, bool signed_resp) {
+    for (int64_t j = 0; j < N * K; ++j)
+        if (!std::isfinite(r[j]) || (!signed_resp && r[j] < T(0)))
+            throw py::value_error(std::string("resp must be finite") + (signed_resp ? "" : " and non-negative") +
+                                  ", but entry [" + std::to_string(j / K) + ", " + std::to_string(j % K) +
+                                  "] is " + std::to_string(double(r[j])));
+}
+
 template <class T>
 CArray<T> optional_weights(const py::object& sw, int64_t N, bool allow_negative) {
     CArray<T> w = as_array<T>(sw, "sample_weight");
@@ -258,7 +270,7 @@ template <class T>
 py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
                      const py::handle& pc, Covariance cov, const py::object& centres_obj,
                      const py::object& sw, const py::object& resp_obj, const py::object& labels_obj,
-                     int64_t n_components, int n_threads) {
+                     int64_t n_components, int n_threads, bool signed_resp) {
     CArray<T> X = data_matrix<T>(Xa);
     const int64_t N = X.shape(0), D = X.shape(1);
     Responsibilities<T> resp;
@@ -287,10 +299,7 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
         resp_arr = as_array<T>(resp_obj, "resp");
         expect_shape(resp_arr, {N, K}, "resp", "(n_samples, n_components)");
         const T* r = resp_arr.data();
-        for (int64_t j = 0; j < N * K; ++j)
-            if (!std::isfinite(r[j]) || r[j] < T(0))
-                throw py::value_error("resp must be finite and non-negative, but entry [" + std::to_string(j / K) +
-                                      ", " + std::to_string(j % K) + "] is " + std::to_string(double(r[j])));
+        check_resp(r, N, K, signed_resp);
         resp.source = RespSource::Given;
         resp.resp = r;
     } else if (!labels_obj.is_none()) {
@@ -342,11 +351,55 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
 py::tuple py_em_stats(const py::array& X, const py::object& lw, const py::object& mu,
                       const py::object& pc, const std::string& cov, const py::object& centres,
                       const py::object& sw, const py::object& resp, const py::object& labels,
-                      int64_t n_components, int n_threads) {
+                      int64_t n_components, int n_threads, bool signed_resp) {
     const Covariance c = parse_covariance(cov);
     return dispatch_dtype(X, [&](auto tag) -> py::tuple {
         using T = decltype(tag);
-        return em_stats_t<T>(X, lw, mu, pc, c, centres, sw, resp, labels, n_components, n_threads);
+        return em_stats_t<T>(X, lw, mu, pc, c, centres, sw, resp, labels, n_components, n_threads, signed_resp);
+    });
+}
+
+// ------------------------------------------------------------------------ log_prob_grad_x
+
+template <class T>
+py::array log_prob_grad_x_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
+                            const py::handle& pc, Covariance cov, const py::object& sw,
+                            const py::object& resp_obj, int n_threads) {
+    CArray<T> X = data_matrix<T>(Xa);
+    const int64_t N = X.shape(0), D = X.shape(1);
+    PyMixture<T> mix(lw, mu, pc, cov, D, true);
+    const int64_t K = mix.view.K;
+    Responsibilities<T> resp;
+    CArray<T> resp_arr;
+    if (!resp_obj.is_none()) {
+        resp_arr = as_array<T>(resp_obj, "resp");
+        expect_shape(resp_arr, {N, K}, "resp", "(n_samples, n_components)");
+        check_resp(resp_arr.data(), N, K, true);
+        resp.source = RespSource::Given;
+        resp.resp = resp_arr.data();
+    }
+    CArray<T> weights;
+    if (!sw.is_none()) weights = optional_weights<T>(sw, N, true);
+    py::array_t<T> grad({N, D});
+    SignalPoll sp;
+    Exec exec = make_exec(n_threads, sp);
+    RunInfo info;
+    {
+        py::gil_scoped_release release;
+        info = log_prob_grad_x<T>(X.data(), N, mix.view, resp, sw.is_none() ? nullptr : weights.data(),
+                                  grad.mutable_data(), exec);
+    }
+    check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    return std::move(grad);
+}
+
+py::array py_log_prob_grad_x(const py::array& X, const py::object& lw, const py::object& mu,
+                             const py::object& pc, const std::string& cov, const py::object& sw,
+                             const py::object& resp, int n_threads) {
+    const Covariance c = parse_covariance(cov);
+    return dispatch_dtype(X, [&](auto tag) -> py::array {
+        using T = decltype(tag);
+        return log_prob_grad_x_t<T>(X, lw, mu, pc, c, sw, resp, n_threads);
     });
 }
 
@@ -571,8 +624,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("em_stats", &py_em_stats, "X"_a, "log_weights"_a, "means"_a, "precisions_cholesky"_a,
           "covariance_type"_a = "full", "centres"_a = py::none(), "sample_weight"_a = py::none(),
           "resp"_a = py::none(), "labels"_a = py::none(), "n_components"_a = 0, "n_threads"_a = 0,
+          "signed_resp"_a = false,
           "Fused E-step + centred sufficient statistics in one pass over X. Returns "
-          "(log_likelihood, weight_sum, nk, s1, s2).");
+          "(log_likelihood, weight_sum, nk, s1, s2). signed_resp allows negative resp "
+          "(autograd backward weights).");
+    m.def("log_prob_grad_x", &py_log_prob_grad_x, "X"_a, "log_weights"_a, "means"_a,
+          "precisions_cholesky"_a, "covariance_type"_a = "full", "sample_weight"_a = py::none(),
+          "resp"_a = py::none(), "n_threads"_a = 0,
+          "-Σ_k w_ik Λ_k (x_i - μ_k) (N, D), with w = sample_weight · p(k|x) or the given resp (any sign).");
     m.def("finalize", &py_finalize, "covariance_type"_a, "nk"_a, "s1"_a, "s2"_a, "centres"_a,
           "reg_covar"_a, "nk_eps"_a, "float32_message"_a = false,
           "Statistics -> (weights, means, covariances, precisions_cholesky, log_det_cholesky), float64.");

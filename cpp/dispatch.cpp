@@ -50,6 +50,12 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
                                      exec))
 }
 
+template <class T>
+RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix, const Responsibilities<T>& resp,
+                        const T* sample_weight, T* grad, const Exec& exec) {
+    GMMFAST_DISPATCH(log_prob_grad_x<T>(X, N, mix, resp, sample_weight, grad, exec))
+}
+
 #define GMMFAST_INSTANTIATE(T)                                                                 \
     template RunInfo log_prob<T>(const T*, int64_t, const Mixture<T>&, LogProbOutput, T*,     \
                                  const Exec&);                                                 \
@@ -59,7 +65,9 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     template Status kmeans_plusplus<T>(const T*, int64_t, int64_t, int64_t, const T*,         \
                                        uint64_t, int, T*, int64_t*, const Exec&);              \
     template KMeansResult kmeans_lloyd<T>(const T*, int64_t, int64_t, int64_t, const T*, T*,   \
-                                          int64_t*, int, double, const Exec&);
+                                          int64_t*, int, double, const Exec&);                 \
+    template RunInfo log_prob_grad_x<T>(const T*, int64_t, const Mixture<T>&,                  \
+                                        const Responsibilities<T>&, const T*, T*, const Exec&);
 GMMFAST_INSTANTIATE(float)
 GMMFAST_INSTANTIATE(double)
 

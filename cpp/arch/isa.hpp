@@ -8,6 +8,7 @@
 #include <new>
 
 #include "gmmfast/em_stats.hpp"
+#include "gmmfast/grad.hpp"
 #include "gmmfast/kmeans.hpp"
 #include "gmmfast/log_prob.hpp"
 
@@ -63,6 +64,10 @@ private:
     KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K,                     \
                               const T* sample_weight, T* centres, int64_t* labels,             \
                               int max_iter, double tol, const Exec& exec);                     \
+    template <class T>                                                                         \
+    RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix,                      \
+                            const Responsibilities<T>& resp, const T* sample_weight, T* grad,  \
+                            const Exec& exec);                                                 \
     }
 
 GMMFAST_DECLARE_ISA(isa_baseline)

@@ -498,12 +498,13 @@ struct Prepared {
 /// Per-thread scratch for one tile.
 template <class T>
 struct TileScratch {
-    AlignedBuffer<T> XT, ZT, L, Z, WZ, m, s, g;
+    AlignedBuffer<T> XT, ZT, L, Z, WZ, m, s, g, YT, GT;
     AlignedBuffer<double> Zd, WZd;
     std::vector<char> active;        // components with any responsibility in the tile
     std::vector<int64_t> bad_rows;   // rows of the tile with a non-finite log-likelihood
 
-    void init(int64_t Bp, int64_t D, int64_t K, bool dense, bool full_mstep, bool tied_mstep) {
+    void init(int64_t Bp, int64_t D, int64_t K, bool dense, bool full_mstep, bool tied_mstep,
+              bool grad_x = false) {
         XT.resize(static_cast<std::size_t>(D * Bp));
         L.resize(static_cast<std::size_t>(K * Bp));
         m.resize(static_cast<std::size_t>(Bp));
@@ -515,6 +516,10 @@ struct TileScratch {
             const int64_t Dp = padded_cols<T>(D);
             Z.resize(static_cast<std::size_t>(Bp * Dp));
             WZ.resize(static_cast<std::size_t>(Bp * Dp));
+        }
+        if (grad_x) {
+            YT.resize(static_cast<std::size_t>(D * Bp));
+            GT.resize(static_cast<std::size_t>(D * Bp));
         }
         if (tied_mstep) {
             const int64_t Dq = padded_cols<double>(D);
@@ -531,6 +536,129 @@ void tile_weights(const T* sample_weight, int64_t i0, int64_t n, int64_t Bp, T* 
     for (int64_t i = n; i < Bp; ++i) g[i] = T(0);
 }
 
+inline void note_bad(int64_t& bad, int64_t row) {
+    if (bad < 0 || row < bad) bad = row;
+}
+
+/// Fills ws.L (K x Bp) with the tile's weights r_ik: g_i p(k | x_i) from the E-step,
+/// or the given resp / labels times g_i; zero for padding rows and for rows whose
+/// log-likelihood is not finite (reported through `bad`). ws.XT and ws.g must be loaded.
+template <class T>
+void tile_responsibilities(const Prepared<T>& prep, const Responsibilities<T>& resp, int64_t K,
+                           int64_t Bp, int64_t i0, int64_t n, TileScratch<T>& ws, double& ll,
+                           double& wsum, int64_t& bad) {
+    T* L = ws.L.data();
+    const T* g = ws.g.data();
+    for (int64_t i = 0; i < n; ++i) wsum += double(g[i]);
+    if (resp.source == RespSource::Given) {
+        for (int64_t k = 0; k < K; ++k) {
+            T* Lk = L + k * Bp;
+            for (int64_t i = 0; i < n; ++i) Lk[i] = resp.resp[(i0 + i) * K + k] * g[i];
+            std::fill(Lk + n, Lk + Bp, T(0));
+        }
+        return;
+    }
+    if (resp.source == RespSource::Labels) {
+        std::fill(L, L + K * Bp, T(0));
+        for (int64_t i = 0; i < n; ++i) L[resp.labels[i0 + i] * Bp + i] = g[i];
+        return;
+    }
+    prep.weighted_log_prob(ws.XT.data(), ws.ZT.data(), L);
+    T* m = ws.m.data();
+    T* s = ws.s.data();
+    row_logsumexp(L, Bp, K, m, s, /*store_exp=*/true);
+    ws.bad_rows.clear();
+    // s becomes the per-row scale g_i / s_i.
+    for (int64_t i = 0; i < Bp; ++i) {
+        if (i >= n) {
+            s[i] = T(0);
+            continue;
+        }
+        const double lse = double(m[i]) + std::log(double(s[i]));
+        if (std::isfinite(lse)) {
+            ll += double(g[i]) * lse;
+            s[i] = g[i] / s[i];
+        } else {
+            note_bad(bad, i0 + i);
+            ws.bad_rows.push_back(i);
+            s[i] = T(0);
+        }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        T* Lk = L + k * Bp;
+        for (int64_t i = 0; i < Bp; i += lanes<T>()) vstore(Lk + i, vload(Lk + i) * vload(s + i));
+    }
+    for (int64_t i : ws.bad_rows)  // 0 · NaN is NaN: clear bad rows explicitly
+        for (int64_t k = 0; k < K; ++k) L[k * Bp + i] = T(0);
+}
+
+/// active[k] = whether component k has any non-zero weight in the tile (Σ|r| > 0);
+/// adds Σ_i r_ik to nk when nk != nullptr.
+template <class T>
+void tile_active(const T* R, int64_t K, int64_t Bp, std::vector<char>& active, double* nk) {
+    const Vec<T> zero = {};
+    for (int64_t k = 0; k < K; ++k) {
+        const T* Rk = R + k * Bp;
+        Vec<T> sum = {}, mag = {};
+        for (int64_t i = 0; i < Bp; i += lanes<T>()) {
+            const Vec<T> r = vload(Rk + i);
+            sum += r;
+            mag += (r < zero) ? -r : r;
+        }
+        if (nk) nk[k] += double(hsum<T>(sum));
+        active[k] = hsum<T>(mag) != T(0);
+    }
+}
+
+/// GT (D x Bp, transposed) = -Σ_k r_ik Λ_k (x_i - μ_k) over the tile's active
+/// components: ∂/∂x_i of Σ_k r_ik log N(x_i | k) with r held fixed, which is the
+/// gradient of the log-likelihood w.r.t. the data when r = g · p(k | x).
+/// Dense: Λ (x - μ) = U (Uᵀ (x - μ)), two triangular products vectorised over rows.
+template <class T>
+void tile_grad_x(const Prepared<T>& prep, const T* XT, const T* R, const std::vector<char>& active,
+                 TileScratch<T>& ws) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    const int64_t D = prep.D, K = prep.K, Bp = prep.Bp, Dj = prep.Dj;
+    T* G = ws.GT.data();
+    std::fill(G, G + D * Bp, T(0));
+    for (int64_t k = 0; k < K; ++k) {
+        if (!active[k]) continue;
+        const T* Rk = R + k * Bp;
+        const T* mu = prep.means + k * D;
+        if (prep.dense) {
+            const T* U = prep.U.data() + (prep.cov == Covariance::Full ? k * Dj * Dj : 0);
+            T* Z = ws.ZT.data();
+            T* Y = ws.YT.data();
+            for (int64_t d = 0; d < D; ++d) {
+                const V m = vsplat<T>(mu[d]);
+                for (int64_t i = 0; i < Bp; i += W) vstore(Z + d * Bp + i, vload(XT + d * Bp + i) - m);
+            }
+            for (int64_t j = 0; j < D; ++j)  // Y = Uᵀ Z: y_j = Σ_{l <= j} U[l][j] z_l
+                for (int64_t i = 0; i < Bp; i += W) {
+                    V a = {};
+                    for (int64_t l = 0; l <= j; ++l) a += vsplat<T>(U[l * Dj + j]) * vload(Z + l * Bp + i);
+                    vstore(Y + j * Bp + i, a);
+                }
+            for (int64_t m = 0; m < D; ++m)  // G -= r · U Y: (U y)_m = Σ_{j >= m} U[m][j] y_j
+                for (int64_t i = 0; i < Bp; i += W) {
+                    V a = {};
+                    for (int64_t j = m; j < D; ++j) a += vsplat<T>(U[m * Dj + j]) * vload(Y + j * Bp + i);
+                    vstore(G + m * Bp + i, vload(G + m * Bp + i) - vload(Rk + i) * a);
+                }
+        } else {
+            const T* P = prep.P.data() + k * D;
+            for (int64_t d = 0; d < D; ++d) {
+                const V m = vsplat<T>(mu[d]), p2 = vsplat<T>(P[d] * P[d]);
+                for (int64_t i = 0; i < Bp; i += W) {
+                    const V z = vload(XT + d * Bp + i) - m;
+                    vstore(G + d * Bp + i, vload(G + d * Bp + i) - vload(Rk + i) * (p2 * z));
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // em_stats
 
@@ -540,10 +668,6 @@ struct StatsAccum {
     int64_t bad = -1;
     std::vector<double> nk, s1, s2;
 };
-
-inline void note_bad(int64_t& bad, int64_t row) {
-    if (bad < 0 || row < bad) bad = row;
-}
 
 template <class T>
 class StatsKernel {
@@ -559,8 +683,7 @@ public:
         Dp_ = padded_cols<T>(D_);
         Dq_ = padded_cols<double>(D_);
         if (cov_ == Covariance::Tied) {
-            // Tied statistics are centred per row at c̄_i = Σ_k r_ik c_k / Σ_k r_ik, in
-            // float64 and relative to the mean of the centres (see tile_tied).
+            // Tied statistics are computed relative to the mean of the centres (tile_tied).
             cmean_.assign(D_, 0.0);
             for (int64_t k = 0; k < K_; ++k)
                 for (int64_t d = 0; d < D_; ++d) cmean_[d] += double(centres_[k * D_ + d]);
@@ -595,21 +718,9 @@ public:
         const int64_t n = std::min(Bp_, N - i0);
         load_transposed(X, i0, n, D_, Bp_, ws.XT.data());
         tile_weights(sw_, i0, n, Bp_, ws.g.data());
-        responsibilities(X, i0, n, acc, ws);
+        tile_responsibilities(prep_, resp_, K_, Bp_, i0, n, ws, acc.ll, acc.wsum, acc.bad);
         T* R = ws.L.data();
-        // nk, and which components have any responsibility in this tile (Σ|r| > 0).
-        const Vec<T> zero = {};
-        for (int64_t k = 0; k < K_; ++k) {
-            const T* Rk = R + k * Bp_;
-            Vec<T> sum = {}, mag = {};
-            for (int64_t i = 0; i < Bp_; i += lanes<T>()) {
-                const Vec<T> r = vload(Rk + i);
-                sum += r;
-                mag += (r < zero) ? -r : r;
-            }
-            acc.nk[k] += double(hsum<T>(sum));
-            ws.active[k] = hsum<T>(mag) != T(0);
-        }
+        tile_active(R, K_, Bp_, ws.active, acc.nk.data());
         switch (cov_) {
             case Covariance::Full: tile_full(X, i0, n, acc, ws); break;
             case Covariance::Tied: tile_tied(X, i0, n, acc, ws); break;
@@ -652,7 +763,7 @@ public:
                 }
                 break;
             case Covariance::Tied:
-                // S2 = Σ_i ρ_i[(x_i - c̄_i)(x_i - c̄_i)ᵀ - c̄'_i c̄'_iᵀ] + Σ_k n_k c'_k c'_kᵀ
+                // S2 = Σ_i (ρ_i x'_i x'_iᵀ - x'_i a'_iᵀ - a'_i x'_iᵀ) + Σ_k n_k c'_k c'_kᵀ
                 for (int64_t l = 0; l < D_; ++l)
                     for (int64_t j = l; j < D_; ++j) {
                         double v = s2acc[l * Dq_ + j];
@@ -675,55 +786,6 @@ public:
     }
 
 private:
-    /// Fills ws.L with r_ik = g_i p(k | x_i) (zero for padding and bad rows).
-    void responsibilities(const T* X, int64_t i0, int64_t n, StatsAccum& acc,
-                          TileScratch<T>& ws) const {
-        (void)X;
-        T* L = ws.L.data();
-        const T* g = ws.g.data();
-        for (int64_t i = 0; i < n; ++i) acc.wsum += double(g[i]);
-        if (resp_.source == RespSource::Given) {
-            for (int64_t k = 0; k < K_; ++k) {
-                T* Lk = L + k * Bp_;
-                for (int64_t i = 0; i < n; ++i) Lk[i] = resp_.resp[(i0 + i) * K_ + k] * g[i];
-                std::fill(Lk + n, Lk + Bp_, T(0));
-            }
-            return;
-        }
-        if (resp_.source == RespSource::Labels) {
-            std::fill(L, L + K_ * Bp_, T(0));
-            for (int64_t i = 0; i < n; ++i) L[resp_.labels[i0 + i] * Bp_ + i] = g[i];
-            return;
-        }
-        prep_.weighted_log_prob(ws.XT.data(), ws.ZT.data(), L);
-        T* m = ws.m.data();
-        T* s = ws.s.data();
-        row_logsumexp(L, Bp_, K_, m, s, /*store_exp=*/true);
-        ws.bad_rows.clear();
-        // s now holds the per-row scale g_i / s_i.
-        for (int64_t i = 0; i < Bp_; ++i) {
-            if (i >= n) {
-                s[i] = T(0);
-                continue;
-            }
-            const double lse = double(m[i]) + std::log(double(s[i]));
-            if (std::isfinite(lse)) {
-                acc.ll += double(g[i]) * lse;
-                s[i] = g[i] / s[i];
-            } else {
-                note_bad(acc.bad, i0 + i);
-                ws.bad_rows.push_back(i);
-                s[i] = T(0);
-            }
-        }
-        for (int64_t k = 0; k < K_; ++k) {
-            T* Lk = L + k * Bp_;
-            for (int64_t i = 0; i < Bp_; i += lanes<T>()) vstore(Lk + i, vload(Lk + i) * vload(s + i));
-        }
-        for (int64_t i : ws.bad_rows)  // 0 · NaN is NaN: clear bad rows explicitly
-            for (int64_t k = 0; k < K_; ++k) L[k * Bp_ + i] = T(0);
-    }
-
     /// Full covariance: per component, pack the rows with non-zero responsibility
     /// (exact zeros are common: responsibilities underflow for distant components),
     /// centre them at c_k and accumulate s1 and the upper triangle of s2.
@@ -755,47 +817,49 @@ private:
         }
     }
 
-    /// Tied covariance, centred per row at c̄_i = Σ_k r_ik c_k / ρ_i (ρ_i = Σ_k r_ik):
-    ///   Σ_k r_ik (x_i - c_k)(x_i - c_k)ᵀ
-    ///     = ρ_i (x_i - c̄_i)(x_i - c̄_i)ᵀ + Σ_k r_ik c'_k c'_kᵀ - ρ_i c̄'_i c̄'_iᵀ
-    /// with c' = c - mean(c). That costs two rank-one updates per row instead of K, and
-    /// stays centred; the Σ_k r_ik c'_k c'_kᵀ part is added once from n_k at the end.
-    /// Done in float64: x - c̄ mixes the data with a float64 combination of centres.
+    /// Tied covariance. With x' = x - m and c'_k = c_k - m (m the mean of the centres),
+    /// ρ_i = Σ_k r_ik and a'_i = Σ_k r_ik c'_k:
+    ///   Σ_k r_ik (x_i - c_k)(x_i - c_k)ᵀ = ρ_i x'_i x'_iᵀ - x'_i a'_iᵀ - a'_i x'_iᵀ + Σ_k r_ik c'_k c'_kᵀ
+    /// so a rank-two update per row replaces K rank-one updates (the last term is added
+    /// once from n_k at the end). The identity holds for weights of any sign, as the
+    /// autograd backward needs. float64 throughout: x' mixes the data with float64
+    /// combinations of the centres, and the terms cancel to the within-component spread.
     void tile_tied(const T* X, int64_t i0, int64_t n, StatsAccum& acc, TileScratch<T>& ws) const {
         const T* R = ws.L.data();
         for (int64_t k = 0; k < K_; ++k)
             if (ws.active[k])
                 mstep_diag_component<T>(ws.XT.data(), R + k * Bp_, Bp_, D_, centres_ + k * D_,
                                         acc.s1.data() + k * D_, nullptr);
-        double* Zd = ws.Zd.data();
-        double* WZd = ws.WZd.data();
+        double* A = ws.Zd.data();
+        double* B = ws.WZd.data();
         int64_t rows = 0;
         for (int64_t i = 0; i < n; ++i) {
+            double* xa = A + rows * Dq_;        // x'_i
+            double* aa = A + (rows + 1) * Dq_;  // a'_i
+            std::fill(aa, aa + Dq_, 0.0);
             double rho = 0.0;
-            for (int64_t k = 0; k < K_; ++k) rho += double(R[k * Bp_ + i]);
-            if (rho == 0.0) continue;
-            double* zc = Zd + (rows + 1) * Dq_;  // c̄'_i
-            std::fill(zc, zc + Dq_, 0.0);
+            bool any = false;
             for (int64_t k = 0; k < K_; ++k) {
                 const double r = double(R[k * Bp_ + i]);
                 if (r == 0.0) continue;
+                any = true;
+                rho += r;
                 const double* cp = cprime_.data() + k * D_;
-                for (int64_t d = 0; d < D_; ++d) zc[d] += r * cp[d];
+                for (int64_t d = 0; d < D_; ++d) aa[d] += r * cp[d];
             }
-            for (int64_t d = 0; d < D_; ++d) zc[d] /= rho;
-            double* zx = Zd + rows * Dq_;  // x_i - c̄_i
+            if (!any) continue;
             const T* x = X + (i0 + i) * D_;
-            for (int64_t d = 0; d < D_; ++d) zx[d] = (double(x[d]) - cmean_[d]) - zc[d];
-            std::fill(zx + D_, zx + Dq_, 0.0);
-            double* wx = WZd + rows * Dq_;
-            double* wc = WZd + (rows + 1) * Dq_;
+            for (int64_t d = 0; d < D_; ++d) xa[d] = double(x[d]) - cmean_[d];
+            std::fill(xa + D_, xa + Dq_, 0.0);
+            double* xb = B + rows * Dq_;        // pairs with x'_i: ρ x'_i - a'_i
+            double* ab = B + (rows + 1) * Dq_;  // pairs with a'_i: -x'_i
             for (int64_t d = 0; d < Dq_; ++d) {
-                wx[d] = rho * zx[d];
-                wc[d] = -rho * zc[d];
+                xb[d] = rho * xa[d] - aa[d];
+                ab[d] = -xa[d];
             }
             rows += 2;
         }
-        syrk_upper_acc<double>(Zd, WZd, rows, Dq_, acc.s2.data());
+        syrk_upper_acc<double>(A, B, rows, Dq_, acc.s2.data());
     }
 
     const Mixture<T>& mix_;
@@ -896,6 +960,38 @@ RunInfo em_stats(const T* X, int64_t N, const Mixture<T>& mix, const Responsibil
         },
         [&](int64_t t, int tid) { kernel.tile(X, N, t, accs[tid], scratch[tid]); });
     kernel.finish(accs, used, out, info);
+    return info;
+}
+
+template <class T>
+RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix, const Responsibilities<T>& resp,
+                        const T* sample_weight, T* grad, const Exec& exec) {
+    RunInfo info;
+    const int64_t K = mix.K, D = mix.D;
+    Prepared<T> prep;
+    prep.init(mix, true, false);
+    const int64_t Bp = prep.Bp;
+    const int64_t ntiles = (N + Bp - 1) / Bp;
+    const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
+    std::vector<TileScratch<T>> scratch(nt);
+    std::vector<int64_t> bad(nt, -1);
+    info.status = parallel_tiles(
+        ntiles, nt, exec.cancel,
+        [&](int tid) { scratch[tid].init(Bp, D, K, prep.dense, false, false, /*grad_x=*/true); },
+        [&](int64_t t, int tid) {
+            TileScratch<T>& ws = scratch[tid];
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            load_transposed(X, i0, n, D, Bp, ws.XT.data());
+            tile_weights(sample_weight, i0, n, Bp, ws.g.data());
+            double ll = 0.0, wsum = 0.0;
+            tile_responsibilities(prep, resp, K, Bp, i0, n, ws, ll, wsum, bad[tid]);
+            tile_active(ws.L.data(), K, Bp, ws.active, nullptr);
+            tile_grad_x(prep, ws.XT.data(), ws.L.data(), ws.active, ws);
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t d = 0; d < D; ++d) grad[(i0 + i) * D + d] = ws.GT[d * Bp + i];
+        });
+    for (int64_t b : bad)
+        if (b >= 0) note_bad(info.first_bad_row, b);
     return info;
 }
 
@@ -1162,7 +1258,9 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     template Status kmeans_plusplus<T>(const T*, int64_t, int64_t, int64_t, const T*,         \
                                        uint64_t, int, T*, int64_t*, const Exec&);              \
     template KMeansResult kmeans_lloyd<T>(const T*, int64_t, int64_t, int64_t, const T*, T*,   \
-                                          int64_t*, int, double, const Exec&);
+                                          int64_t*, int, double, const Exec&);                 \
+    template RunInfo log_prob_grad_x<T>(const T*, int64_t, const Mixture<T>&,                  \
+                                        const Responsibilities<T>&, const T*, T*, const Exec&);
 
 GMMFAST_INSTANTIATE(float)
 GMMFAST_INSTANTIATE(double)
