@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <cmath>
 #include <sstream>
@@ -195,10 +196,11 @@ void check_rows(Status st, int64_t bad, const std::function<void(int64_t)>& rais
 
 template <class T>
 py::array log_prob_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
-                     const py::handle& pc, Covariance cov, LogProbOutput what, int n_threads) {
+                     const py::handle& pc, Covariance cov, LogProbOutput what, int n_threads,
+                     bool checks) {
     CArray<T> X = data_matrix<T>(Xa);
     const int64_t N = X.shape(0), D = X.shape(1);
-    PyMixture<T> mix(lw, mu, pc, cov, D, true);
+    PyMixture<T> mix(lw, mu, pc, cov, D, checks);
     const int64_t K = mix.view.K;
     py::array_t<T> out = what == LogProbOutput::Sample ? py::array_t<T>({N}) : py::array_t<T>({N, K});
     SignalPoll sp;
@@ -208,7 +210,7 @@ py::array log_prob_t(const py::array& Xa, const py::handle& lw, const py::handle
         py::gil_scoped_release release;
         info = log_prob<T>(X.data(), N, mix.view, what, out.mutable_data(), exec);
     }
-    check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    check_rows(info.status, checks ? info.first_bad_row : -1, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
     return std::move(out);
 }
 
@@ -228,12 +230,12 @@ auto dispatch_dtype(const py::array& X, F&& f) {
 
 py::array py_log_prob(const py::array& X, const py::handle& lw, const py::handle& mu,
                       const py::handle& pc, const std::string& cov, const std::string& output,
-                      int n_threads) {
+                      int n_threads, bool checks) {
     const Covariance c = parse_covariance(cov);
     const LogProbOutput what = parse_output(output);
     return dispatch_dtype(X, [&](auto tag) -> py::array {
         using T = decltype(tag);
-        return log_prob_t<T>(X, lw, mu, pc, c, what, n_threads);
+        return log_prob_t<T>(X, lw, mu, pc, c, what, n_threads, checks);
     });
 }
 
@@ -270,7 +272,7 @@ template <class T>
 py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
                      const py::handle& pc, Covariance cov, const py::object& centres_obj,
                      const py::object& sw, const py::object& resp_obj, const py::object& labels_obj,
-                     int64_t n_components, int n_threads, bool signed_resp) {
+                     int64_t n_components, int n_threads, bool signed_resp, bool checks) {
     CArray<T> X = data_matrix<T>(Xa);
     const int64_t N = X.shape(0), D = X.shape(1);
     Responsibilities<T> resp;
@@ -285,7 +287,7 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
     Mixture<T> shape_only;
     int64_t K;
     if (estep) {
-        mix.reset(new PyMixture<T>(lw, mu, pc, cov, D, true));
+        mix.reset(new PyMixture<T>(lw, mu, pc, cov, D, checks));
         K = mix->view.K;
     } else {
         K = n_components;
@@ -344,18 +346,21 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
         info = em_stats<T>(X.data(), N, view, resp, centres.data(), sw.is_none() ? nullptr : weights.data(), st,
                            exec);
     }
-    check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    // Unchecked (torch) calls: a row with a non-finite log-likelihood makes the total NaN,
+    // so NaN propagates as in torch, instead of the row silently dropping out.
+    if (!checks && info.first_bad_row >= 0 && estep) st.log_likelihood = std::numeric_limits<double>::quiet_NaN();
+    check_rows(info.status, checks ? info.first_bad_row : -1, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
     return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2);
 }
 
 py::tuple py_em_stats(const py::array& X, const py::object& lw, const py::object& mu,
                       const py::object& pc, const std::string& cov, const py::object& centres,
                       const py::object& sw, const py::object& resp, const py::object& labels,
-                      int64_t n_components, int n_threads, bool signed_resp) {
+                      int64_t n_components, int n_threads, bool signed_resp, bool checks) {
     const Covariance c = parse_covariance(cov);
     return dispatch_dtype(X, [&](auto tag) -> py::tuple {
         using T = decltype(tag);
-        return em_stats_t<T>(X, lw, mu, pc, c, centres, sw, resp, labels, n_components, n_threads, signed_resp);
+        return em_stats_t<T>(X, lw, mu, pc, c, centres, sw, resp, labels, n_components, n_threads, signed_resp, checks);
     });
 }
 
@@ -364,10 +369,10 @@ py::tuple py_em_stats(const py::array& X, const py::object& lw, const py::object
 template <class T>
 py::array log_prob_grad_x_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
                             const py::handle& pc, Covariance cov, const py::object& sw,
-                            const py::object& resp_obj, int n_threads) {
+                            const py::object& resp_obj, int n_threads, bool checks) {
     CArray<T> X = data_matrix<T>(Xa);
     const int64_t N = X.shape(0), D = X.shape(1);
-    PyMixture<T> mix(lw, mu, pc, cov, D, true);
+    PyMixture<T> mix(lw, mu, pc, cov, D, checks);
     const int64_t K = mix.view.K;
     Responsibilities<T> resp;
     CArray<T> resp_arr;
@@ -389,17 +394,17 @@ py::array log_prob_grad_x_t(const py::array& Xa, const py::handle& lw, const py:
         info = log_prob_grad_x<T>(X.data(), N, mix.view, resp, sw.is_none() ? nullptr : weights.data(),
                                   grad.mutable_data(), exec);
     }
-    check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    check_rows(info.status, checks ? info.first_bad_row : -1, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
     return std::move(grad);
 }
 
 py::array py_log_prob_grad_x(const py::array& X, const py::object& lw, const py::object& mu,
                              const py::object& pc, const std::string& cov, const py::object& sw,
-                             const py::object& resp, int n_threads) {
+                             const py::object& resp, int n_threads, bool checks) {
     const Covariance c = parse_covariance(cov);
     return dispatch_dtype(X, [&](auto tag) -> py::array {
         using T = decltype(tag);
-        return log_prob_grad_x_t<T>(X, lw, mu, pc, c, sw, resp, n_threads);
+        return log_prob_grad_x_t<T>(X, lw, mu, pc, c, sw, resp, n_threads, checks);
     });
 }
 
@@ -416,7 +421,7 @@ const char* kIllDefinedF32 =
 
 py::tuple py_finalize(const std::string& cov_s, const py::handle& nk_o, const py::handle& s1_o,
                       const py::handle& s2_o, const py::handle& centres_o, double reg_covar,
-                      double nk_eps, bool float32_message) {
+                      double nk_eps, bool float32_message, bool return_failure) {
     const Covariance cov = parse_covariance(cov_s);
     CArray<double> nk = as_array<double>(nk_o, "nk");
     if (nk.ndim() != 1 || nk.shape(0) < 1)
@@ -457,6 +462,7 @@ py::tuple py_finalize(const std::string& cov_s, const py::handle& nk_o, const py
         py::gil_scoped_release release;
         failed = finalize(cov, K, D, nk.data(), s1.data(), s2.data(), centres.data(), reg_covar, nk_eps, out);
     }
+    if (return_failure) return py::make_tuple(weights, means, covariances, prec_chol, log_det, failed);
     if (failed >= 0) throw py::value_error(std::string(kIllDefined) + (float32_message ? kIllDefinedF32 : ""));
     return py::make_tuple(weights, means, covariances, prec_chol, log_det);
 }
@@ -616,25 +622,29 @@ py::dict py_build_info() {
 
 PYBIND11_MODULE(_core, m) {
     using namespace gmmfast;
+    // checks=false (used by gmmfast.torch) skips the parameter value checks and the
+    // non-finite-row errors: NaN/inf then propagate to the outputs, as torch ops do.
     m.doc() = "gmmfast native kernels (C++/OpenMP). Use gmmfast.ops for the documented API.";
     m.attr("__version__") = GMMFAST_VERSION;
     m.def("log_prob", &py_log_prob, "X"_a, "log_weights"_a, "means"_a, "precisions_cholesky"_a,
-          "covariance_type"_a = "full", "output"_a = "sample", "n_threads"_a = 0,
+          "covariance_type"_a = "full", "output"_a = "sample", "n_threads"_a = 0, "checks"_a = true,
           "Log-densities of X under a mixture: output 'sample' (N,), 'log_resp' or 'weighted' (N, K).");
     m.def("em_stats", &py_em_stats, "X"_a, "log_weights"_a, "means"_a, "precisions_cholesky"_a,
           "covariance_type"_a = "full", "centres"_a = py::none(), "sample_weight"_a = py::none(),
           "resp"_a = py::none(), "labels"_a = py::none(), "n_components"_a = 0, "n_threads"_a = 0,
-          "signed_resp"_a = false,
+          "signed_resp"_a = false, "checks"_a = true,
           "Fused E-step + centred sufficient statistics in one pass over X. Returns "
           "(log_likelihood, weight_sum, nk, s1, s2). signed_resp allows negative resp "
           "(autograd backward weights).");
     m.def("log_prob_grad_x", &py_log_prob_grad_x, "X"_a, "log_weights"_a, "means"_a,
           "precisions_cholesky"_a, "covariance_type"_a = "full", "sample_weight"_a = py::none(),
-          "resp"_a = py::none(), "n_threads"_a = 0,
+          "resp"_a = py::none(), "n_threads"_a = 0, "checks"_a = true,
           "-Σ_k w_ik Λ_k (x_i - μ_k) (N, D), with w = sample_weight · p(k|x) or the given resp (any sign).");
     m.def("finalize", &py_finalize, "covariance_type"_a, "nk"_a, "s1"_a, "s2"_a, "centres"_a,
-          "reg_covar"_a, "nk_eps"_a, "float32_message"_a = false,
-          "Statistics -> (weights, means, covariances, precisions_cholesky, log_det_cholesky), float64.");
+          "reg_covar"_a, "nk_eps"_a, "float32_message"_a = false, "return_failure"_a = false,
+          "Statistics -> (weights, means, covariances, precisions_cholesky, log_det_cholesky), float64; "
+          "with return_failure, the index of the first ill-defined component (or -1) is appended "
+          "instead of raising.");
     m.def("precision_cholesky", &py_precision_cholesky, "covariances"_a, "covariance_type"_a,
           "float32_message"_a = false,
           "Covariances -> (precisions_cholesky, per-component log-det); spherical log-dets are per feature.");
