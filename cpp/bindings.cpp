@@ -241,6 +241,17 @@ py::array py_log_prob(const py::array& X, const py::handle& lw, const py::handle
 
 // ------------------------------------------------------------------------------- em_stats
 
+template <class T>
+void check_finite_X(const CArray<T>& X, int n_threads) {
+    int64_t bad;
+    {
+        py::gil_scoped_release release;
+        bad = first_nonfinite_row(X.data(), X.shape(0), X.shape(1), n_threads);
+    }
+    if (bad >= 0) raise_bad_row(X.data(), X.shape(1), bad);
+}
+
+
 /// resp must be finite; non-negative unless signed (the autograd backward passes
 /// upstream gradients as weights).
 template <class T>
@@ -330,6 +341,8 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
     }
     CArray<T> weights;
     if (!sw.is_none()) weights = optional_weights<T>(sw, N, true);
+    // Without the E-step no log-likelihood exposes a non-finite row: check X directly.
+    if (!estep && checks) check_finite_X(X, n_threads);
 
     py::array_t<double> nk({K}), s1({K, D});
     std::vector<int64_t> s2shape = param_shape(cov, K, D);
@@ -512,16 +525,6 @@ py::tuple py_precision_cholesky(const py::handle& cov_o, const std::string& cov_
 
 // --------------------------------------------------------------------------------- kmeans
 
-template <class T>
-void check_finite_X(const CArray<T>& X, int n_threads) {
-    int64_t bad;
-    {
-        py::gil_scoped_release release;
-        bad = first_nonfinite_row(X.data(), X.shape(0), X.shape(1), n_threads);
-    }
-    if (bad >= 0) raise_bad_row(X.data(), X.shape(1), bad);
-}
-
 py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::object& sw,
                              uint64_t seed, int n_local_trials, int n_threads) {
     return dispatch_dtype(Xa, [&](auto tag) -> py::tuple {
@@ -573,7 +576,12 @@ py::tuple py_kmeans_lloyd(const py::array& Xa, const py::handle& centres_o, cons
         for (int64_t j = 0; j < K * D; ++j)
             if (!std::isfinite(c_in.data()[j])) throw py::value_error("centres must be finite");
         CArray<T> w;
-        if (!sw.is_none()) w = optional_weights<T>(sw, N, false);
+        if (!sw.is_none()) {
+            w = optional_weights<T>(sw, N, false);
+            double total = 0.0;
+            for (int64_t i = 0; i < N; ++i) total += double(w.data()[i]);
+            if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
+        }
         check_finite_X(X, n_threads);
         py::array_t<T> centres({K, D});
         std::copy(c_in.data(), c_in.data() + K * D, centres.mutable_data());

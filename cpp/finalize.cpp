@@ -4,20 +4,28 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace gmmfast {
 namespace {
 
 /// Lower Cholesky factor of the D x D matrix A (row-major), then U = L^{-T}: the
-/// precision Cholesky of scikit-learn. Returns false when A is not positive definite
-/// (a pivot <= 0 or NaN), which is when LAPACK's potrf fails too.
+/// precision Cholesky of scikit-learn. Returns false when A is not numerically positive
+/// definite: a pivot that is NaN, or not above D·eps·max_j A_jj. LAPACK's potrf only
+/// rejects pivots <= 0, which lets rounding decide for singular matrices (a singleton
+/// component with reg_covar = 0 has a rank-one covariance whose last pivots come out as
+/// ±1e-46); the relative threshold rejects those deterministically and differs only for
+/// condition numbers beyond ~1e15, whose precisions would be meaningless anyway.
 bool precision_cholesky_one(const double* A, int64_t D, double* U, double* log_det) {
-    std::vector<double> L(std::size_t(D * D), 0.0);
+    std::vector<double> L(static_cast<std::size_t>(D * D), 0.0);
+    double max_diag = 0.0;
+    for (int64_t j = 0; j < D; ++j) max_diag = std::max(max_diag, std::fabs(A[j * D + j]));
+    const double tiny = double(D) * std::numeric_limits<double>::epsilon() * max_diag;
     for (int64_t j = 0; j < D; ++j) {
         double s = A[j * D + j];
         for (int64_t p = 0; p < j; ++p) s -= L[j * D + p] * L[j * D + p];
-        if (!(s > 0.0) || !std::isfinite(s)) return false;
+        if (!(s > tiny) || !std::isfinite(s)) return false;
         const double ljj = std::sqrt(s);
         L[j * D + j] = ljj;
         for (int64_t i = j + 1; i < D; ++i) {

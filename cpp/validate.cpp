@@ -75,7 +75,8 @@ std::string check_mixture(const Mixture<T>& mix) {
 template <class T>
 int64_t first_nonfinite_row(const T* X, int64_t N, int64_t D, int n_threads) {
     int64_t first = N;  // "none"
-    const int nt = resolve_threads(n_threads);
+    // Below ~64k values a second thread costs more to wake than it saves.
+    const int nt = N * D < (int64_t(1) << 16) ? 1 : resolve_threads(n_threads);
 #pragma omp parallel for schedule(static) num_threads(nt) reduction(min : first)
     for (int64_t i = 0; i < N; ++i) {
         // x - x is 0 for finite x and NaN for ±inf and NaN: vectorises without branches

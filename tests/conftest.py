@@ -138,10 +138,10 @@ def random_mixture(rng, covariance_type, n_components, n_features, dtype=np.floa
 
 
 def sample_mixture(rng, mix: Mixture, n_samples, dtype=None, outliers=0):
-    """Rows drawn from (roughly) the mixture's components: the component covariance is
-    used for full/tied/diag/spherical alike through a matrix square root. ``outliers``
-    rows are replaced by points ~8-12 standard deviations from every mean (tiny but
-    finite densities: exercises the log-sum-exp shift)."""
+    """Rows drawn from the mixture's components (the component of each row uniformly at
+    random). ``outliers`` rows are moved 16-24 units (> 11 standard deviations) away
+    from their component's mean: tiny but finite densities, responsibilities that
+    underflow, log-densities of size ~100s (exercises the log-sum-exp shift)."""
     K, D = mix.means.shape
     m = mix.as64()
     comp = rng.integers(K, size=n_samples)
@@ -179,8 +179,13 @@ def abs_stats(X, resp, centres, covariance_type, sample_weight=None):
     the absolute values of its terms), so these are the right scale for the tolerance
     of each entry: relative error on entries that cancel (s1 at the means ~ 0) is
     meaningless, absolute error against max|entry| would be too loose on small entries.
+
+    Tied S2 is the exception: the kernel accumulates it about the mean m of the centres
+    (one rank-two update per row instead of K rank-one updates, cpp/arch/kernels.inl
+    tile_tied), whose terms are as large as (|x - m| + |c_k - m|)²; that is its scale here.
     """
     X = np.asarray(X, dtype=np.float64)
+    centres = np.asarray(centres, dtype=np.float64)
     N, D = X.shape
     K = centres.shape[0]
     g = np.ones(N) if sample_weight is None else np.abs(np.asarray(sample_weight, np.float64))
@@ -190,13 +195,15 @@ def abs_stats(X, resp, centres, covariance_type, sample_weight=None):
     s2 = np.zeros((D, D)) if covariance_type == "tied" else np.empty(
         {"full": (K, D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
     )
+    m = centres.mean(axis=0)
     for k in range(K):
         a = np.abs(X - centres[k])
         s1[k] = r[:, k] @ a
         if covariance_type == "full":
             s2[k] = (a * r[:, k, None]).T @ a
         elif covariance_type == "tied":
-            s2 += (a * r[:, k, None]).T @ a
+            b = np.abs(X - m) + np.abs(centres[k] - m)
+            s2 += (b * r[:, k, None]).T @ b
         elif covariance_type == "diag":
             s2[k] = r[:, k] @ a**2
         else:
@@ -205,10 +212,11 @@ def abs_stats(X, resp, centres, covariance_type, sample_weight=None):
 
 
 def assert_stats_close(got: EMStats, want: EMStats, rtol, scale=None, ll_scale=None,
-                       floor=None):
+                       floor=None, ws_scale=None):
     """Entry-wise |got - want| <= rtol * scale + floor, with ``scale`` the
     :func:`abs_stats` of the computation (or |want| when not given) and ``floor`` an
-    absolute triple of the same shapes (default 1e-300)."""
+    absolute triple of the same shapes (default 1e-300); the log-likelihood and the
+    weight sum within rtol * ll_scale and rtol * ws_scale (default: their |want|)."""
     assert got.covariance_type == want.covariance_type
     assert got.nk.dtype == got.s1.dtype == got.s2.dtype == np.float64
     assert got.nk.shape == want.nk.shape
@@ -226,7 +234,10 @@ def assert_stats_close(got: EMStats, want: EMStats, rtol, scale=None, ll_scale=N
         assert np.all(err <= bound), (
             f"{name}: max error/scale = {np.max(err / (np.asarray(s) + 1e-300)):.3g} > {rtol:.3g}"
         )
-    np.testing.assert_allclose(got.weight_sum, want.weight_sum, rtol=rtol, atol=1e-300)
+    wscale = abs(want.weight_sum) if ws_scale is None else ws_scale
+    assert abs(got.weight_sum - want.weight_sum) <= rtol * wscale + 1e-300, (
+        got.weight_sum, want.weight_sum,
+    )
     llscale = abs(want.log_likelihood) if ll_scale is None else ll_scale
     assert abs(got.log_likelihood - want.log_likelihood) <= rtol * llscale + 1e-300, (
         got.log_likelihood, want.log_likelihood,

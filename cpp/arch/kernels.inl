@@ -682,17 +682,6 @@ public:
         Bp_ = prep_.Bp;
         Dp_ = padded_cols<T>(D_);
         Dq_ = padded_cols<double>(D_);
-        if (cov_ == Covariance::Tied) {
-            // Tied statistics are computed relative to the mean of the centres (tile_tied).
-            cmean_.assign(D_, 0.0);
-            for (int64_t k = 0; k < K_; ++k)
-                for (int64_t d = 0; d < D_; ++d) cmean_[d] += double(centres_[k * D_ + d]);
-            for (auto& v : cmean_) v /= double(K_);
-            cprime_.resize(K_ * D_);
-            for (int64_t k = 0; k < K_; ++k)
-                for (int64_t d = 0; d < D_; ++d)
-                    cprime_[k * D_ + d] = double(centres_[k * D_ + d]) - cmean_[d];
-        }
     }
 
     int64_t tile_rows() const { return Bp_; }
@@ -700,7 +689,7 @@ public:
     std::size_t s2_acc_size() const {
         switch (cov_) {
             case Covariance::Full: return static_cast<std::size_t>(K_ * Dp_ * Dp_);
-            case Covariance::Tied: return static_cast<std::size_t>(Dq_ * Dq_);
+            case Covariance::Tied: return static_cast<std::size_t>(Dq_ * Dq_ + K_ * K_);
             default: return static_cast<std::size_t>(K_ * D_);
         }
     }
@@ -762,16 +751,25 @@ public:
                             dst[l * D_ + j] = dst[j * D_ + l] = src[l * Dp_ + j];
                 }
                 break;
-            case Covariance::Tied:
-                // S2 = Σ_i (ρ_i x'_i x'_iᵀ - x'_i a'_iᵀ - a'_i x'_iᵀ) + Σ_k n_k c'_k c'_kᵀ
+            case Covariance::Tied: {
+                // S2 = Σ_rows (ρ z zᵀ + z eᵀ + e zᵀ) + Σ_{a,k} M_ak (c_a - c_k)(c_a - c_k)ᵀ
+                const double* M = s2acc.data() + Dq_ * Dq_;
+                std::vector<double> diff(static_cast<std::size_t>(D_));
                 for (int64_t l = 0; l < D_; ++l)
-                    for (int64_t j = l; j < D_; ++j) {
-                        double v = s2acc[l * Dq_ + j];
-                        for (int64_t k = 0; k < K_; ++k)
-                            v += out.nk[k] * cprime_[k * D_ + l] * cprime_[k * D_ + j];
-                        out.s2[l * D_ + j] = out.s2[j * D_ + l] = v;
+                    for (int64_t j = l; j < D_; ++j) out.s2[l * D_ + j] = s2acc[l * Dq_ + j];
+                for (int64_t a = 0; a < K_; ++a)
+                    for (int64_t k = 0; k < K_; ++k) {
+                        const double m = M[a * K_ + k];
+                        if (m == 0.0) continue;
+                        for (int64_t d = 0; d < D_; ++d)
+                            diff[d] = double(centres_[a * D_ + d]) - double(centres_[k * D_ + d]);
+                        for (int64_t l = 0; l < D_; ++l)
+                            for (int64_t j = l; j < D_; ++j) out.s2[l * D_ + j] += m * diff[l] * diff[j];
                     }
+                for (int64_t l = 0; l < D_; ++l)
+                    for (int64_t j = l + 1; j < D_; ++j) out.s2[j * D_ + l] = out.s2[l * D_ + j];
                 break;
+            }
             case Covariance::Diag:
                 std::copy(s2acc.begin(), s2acc.end(), out.s2);
                 break;
@@ -817,13 +815,16 @@ private:
         }
     }
 
-    /// Tied covariance. With x' = x - m and c'_k = c_k - m (m the mean of the centres),
-    /// ρ_i = Σ_k r_ik and a'_i = Σ_k r_ik c'_k:
-    ///   Σ_k r_ik (x_i - c_k)(x_i - c_k)ᵀ = ρ_i x'_i x'_iᵀ - x'_i a'_iᵀ - a'_i x'_iᵀ + Σ_k r_ik c'_k c'_kᵀ
-    /// so a rank-two update per row replaces K rank-one updates (the last term is added
-    /// once from n_k at the end). The identity holds for weights of any sign, as the
-    /// autograd backward needs. float64 throughout: x' mixes the data with float64
-    /// combinations of the centres, and the terms cancel to the within-component spread.
+    /// Tied covariance, centred per row at its dominant component k* = argmax_k r_ik.
+    /// With z = x_i - c_k*, d_k = c_k* - c_k, e = Σ_k r_ik d_k and ρ = Σ_k r_ik:
+    ///   Σ_k r_ik (x_i - c_k)(x_i - c_k)ᵀ = ρ z zᵀ + z eᵀ + e zᵀ + Σ_k r_ik d_k d_kᵀ.
+    /// The first three terms are one rank-two update per row (instead of K rank-one
+    /// updates); the last depends on the row only through r_i·, so it is accumulated as
+    /// M[k*][k] += r_ik and expanded once, Σ_{a,k} M_ak (c_a - c_k)(c_a - c_k)ᵀ, in
+    /// finish(). Every term is a difference of nearby quantities (z ~ the spread, e and
+    /// d_k weighted by the responsibilities of other components), so the result is as
+    /// accurate as per-component centring. The identity holds for weights of any sign
+    /// (the autograd backward). float64: z and e mix data with float64 sums of centres.
     void tile_tied(const T* X, int64_t i0, int64_t n, StatsAccum& acc, TileScratch<T>& ws) const {
         const T* R = ws.L.data();
         for (int64_t k = 0; k < K_; ++k)
@@ -832,30 +833,40 @@ private:
                                         acc.s1.data() + k * D_, nullptr);
         double* A = ws.Zd.data();
         double* B = ws.WZd.data();
+        double* M = acc.s2.data() + Dq_ * Dq_;  // K x K, after the D x D block
         int64_t rows = 0;
         for (int64_t i = 0; i < n; ++i) {
-            double* xa = A + rows * Dq_;        // x'_i
-            double* aa = A + (rows + 1) * Dq_;  // a'_i
-            std::fill(aa, aa + Dq_, 0.0);
-            double rho = 0.0;
-            bool any = false;
+            int64_t top = -1;
+            double best = 0.0, rho = 0.0;
             for (int64_t k = 0; k < K_; ++k) {
                 const double r = double(R[k * Bp_ + i]);
                 if (r == 0.0) continue;
-                any = true;
                 rho += r;
-                const double* cp = cprime_.data() + k * D_;
-                for (int64_t d = 0; d < D_; ++d) aa[d] += r * cp[d];
+                if (top < 0 || r > best) {
+                    best = r;
+                    top = k;
+                }
             }
-            if (!any) continue;
+            if (top < 0) continue;  // no weight on this row
+            const T* ct = centres_ + top * D_;
+            double* z = A + rows * Dq_;
+            double* e = A + (rows + 1) * Dq_;
+            std::fill(e, e + Dq_, 0.0);
+            for (int64_t k = 0; k < K_; ++k) {
+                const double r = double(R[k * Bp_ + i]);
+                if (r == 0.0 || k == top) continue;
+                M[top * K_ + k] += r;
+                const T* ck = centres_ + k * D_;
+                for (int64_t d = 0; d < D_; ++d) e[d] += r * (double(ct[d]) - double(ck[d]));
+            }
             const T* x = X + (i0 + i) * D_;
-            for (int64_t d = 0; d < D_; ++d) xa[d] = double(x[d]) - cmean_[d];
-            std::fill(xa + D_, xa + Dq_, 0.0);
-            double* xb = B + rows * Dq_;        // pairs with x'_i: ρ x'_i - a'_i
-            double* ab = B + (rows + 1) * Dq_;  // pairs with a'_i: -x'_i
+            for (int64_t d = 0; d < D_; ++d) z[d] = double(x[d]) - double(ct[d]);
+            std::fill(z + D_, z + Dq_, 0.0);
+            double* zb = B + rows * Dq_;        // pairs with z: ρ z + e
+            double* eb = B + (rows + 1) * Dq_;  // pairs with e: z
             for (int64_t d = 0; d < Dq_; ++d) {
-                xb[d] = rho * xa[d] - aa[d];
-                ab[d] = -xa[d];
+                zb[d] = rho * z[d] + e[d];
+                eb[d] = z[d];
             }
             rows += 2;
         }
@@ -869,7 +880,6 @@ private:
     int64_t K_, D_, Bp_, Dp_, Dq_;
     Covariance cov_;
     Prepared<T> prep_;
-    std::vector<double> cmean_, cprime_;
 };
 
 // ---------------------------------------------------------------------------------------

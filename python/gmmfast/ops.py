@@ -63,6 +63,21 @@ def _float_dtype(dtype) -> np.dtype:
     return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
+def _check_weight_sum(sample_weight, non_negative: bool = False) -> None:
+    """Fitting divides by Σ g_i: a zero or negative total (and, for k-means, a negative
+    weight) is a user error, raised here before it becomes a ZeroDivisionError or a
+    negative/NaN tolerance. Shape and finiteness are checked by the native layer."""
+    if sample_weight is None:
+        return
+    g = as_param(sample_weight, "sample_weight", np.float64)
+    if non_negative and np.any(g < 0):
+        i = int(np.argmax(g < 0))
+        raise ValueError(f"sample_weight must be non-negative, but entry {i} is {g.flat[i]}")
+    total = float(np.sum(g))
+    if total <= 0:  # NaN passes on to the native check ("must be finite")
+        raise ValueError(f"sample_weight must have a positive sum, got {total}")
+
+
 def log_prob(
     X,
     log_weights,
@@ -261,6 +276,7 @@ def em(
         raise ValueError(f"init must be a MixtureParams, got {type(init).__name__}")
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    _check_weight_sum(sample_weight)
     params = init
     lower_bound = -np.inf
     lower_bounds = []
@@ -338,6 +354,7 @@ def kmeans_lloyd(
     :func:`gmmfast.reference.kmeans_lloyd`.
     """
     X = as_data(X)
+    _check_weight_sum(sample_weight, non_negative=True)
     return _core.kmeans_lloyd(
         X,
         as_param(centres, "centres", X.dtype),
@@ -395,6 +412,7 @@ def kmeans(
             if n_clusters > X.shape[0]
             else f"n_clusters must be >= 1, got {n_clusters}"
         )
+    _check_weight_sum(sample_weight, non_negative=True)
     if isinstance(init, str) and init == "k-means++":
         centres, _ = kmeans_plusplus(
             X, n_clusters, random_state=random_state, sample_weight=sample_weight, n_threads=n_threads

@@ -23,7 +23,8 @@ struct FinalizeOutput {
 /// @param nk, s1, s2  statistics (Stats) computed with the same `centres`
 /// @param centres     size K * D
 /// @return -1 on success, or the index of the first component whose covariance is not
-///         positive definite (for tied: 0). Outputs are then unspecified.
+///         numerically positive definite (a Cholesky pivot <= D·eps·max diagonal; for
+///         tied: 0). Outputs are then unspecified.
 int64_t finalize(Covariance cov, int64_t K, int64_t D, const double* nk, const double* s1,
                  const double* s2, const double* centres, double reg_covar, double nk_eps,
                  const FinalizeOutput& out);
