@@ -221,11 +221,15 @@ LogProbOutput parse_output(const std::string& s) {
     throw py::value_error("output must be one of 'sample', 'log_resp', 'weighted', got '" + s + "'");
 }
 
+/// Runs f(T{}) for X's floating type. Dtypes are compared by value, not identity:
+/// unpickled and memory-mapped arrays carry equal but distinct dtype objects, and a
+/// non-native byte order is converted (once) by CArray<T>::ensure.
 template <class F>
 auto dispatch_dtype(const py::array& X, F&& f) {
-    if (X.dtype().is(py::dtype::of<float>())) return f(float{});
-    if (X.dtype().is(py::dtype::of<double>())) return f(double{});
-    throw py::value_error("X must be a float32 or float64 array, got dtype " + std::string(py::str(X.dtype())));
+    const py::dtype dt = X.dtype();
+    if (dt.kind() == 'f' && dt.itemsize() == 4) return f(float{});
+    if (dt.kind() == 'f' && dt.itemsize() == 8) return f(double{});
+    throw py::value_error("X must be a float32 or float64 array, got dtype " + std::string(py::str(dt)));
 }
 
 py::array py_log_prob(const py::array& X, const py::handle& lw, const py::handle& mu,

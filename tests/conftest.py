@@ -9,14 +9,21 @@ so that the comparison measures the kernel's arithmetic, not the rounding of its
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
-import numpy as np
-import pytest
+# scikit-learn's check_array_api_input (run by check_estimator for every estimator)
+# needs SciPy's array-API mode, which SciPy reads once at import: set it before any
+# test module imports scipy, so that the check runs instead of skipping.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-from gmmfast import _core
-from gmmfast import reference as ref
-from gmmfast._types import EMStats
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from gmmfast import _core  # noqa: E402
+from gmmfast import reference as ref  # noqa: E402
+from gmmfast._types import EMStats  # noqa: E402
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 DTYPES = (np.float32, np.float64)

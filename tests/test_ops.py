@@ -913,3 +913,24 @@ def test_ill_defined_covariance_has_sklearns_exact_message(covariance_type, dtyp
     with pytest.raises(ValueError) as exc:
         ops.em(Xc, init, reg_covar=0.0)
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("variant", ["unpickled", "memmap", "big-endian"])
+def test_equal_dtypes_from_other_sources_are_accepted(variant, tmp_path):
+    """Dtypes are compared by value: an unpickled or memory-mapped float64 array has an
+    equal but distinct dtype object, and a big-endian array must be converted, not
+    reinterpreted. Each must give exactly the result of the plain array."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    args = (np.log(np.full(2, 0.5)), rng.normal(size=(2, 3)), np.ones((2, 3)), "diag")
+    if variant == "unpickled":
+        Y = pickle.loads(pickle.dumps(X))
+    elif variant == "memmap":
+        np.save(tmp_path / "x.npy", X)
+        Y = np.load(tmp_path / "x.npy", mmap_mode="r")
+    else:
+        Y = X.astype(">f8")
+    np.testing.assert_array_equal(ops.log_prob(Y, *args), ops.log_prob(X, *args))
+    np.testing.assert_array_equal(ops.em_stats(Y, *args).s2, ops.em_stats(X, *args).s2)

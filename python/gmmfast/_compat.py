@@ -82,10 +82,27 @@ except ImportError:  # pragma: no cover
             return f"{type(self).__name__}({', '.join(changed)})"
 
 
+if HAVE_SKLEARN:  # pragma: no cover
+    try:  # private module: scikit-learn's class where it exists (it subclasses both)
+        from sklearn.utils._param_validation import InvalidParameterError
+    except ImportError:
+        HAVE_SKLEARN_PARAM_ERROR = False
+    else:
+        HAVE_SKLEARN_PARAM_ERROR = True
+else:  # pragma: no cover
+    HAVE_SKLEARN_PARAM_ERROR = False
+
+if not HAVE_SKLEARN_PARAM_ERROR:  # pragma: no cover
+
+    class InvalidParameterError(ValueError, TypeError):
+        """A constructor parameter has the wrong type or value (raised by fit)."""
+
+
 __all__ = [
     "BaseEstimator",
     "DensityMixin",
     "ConvergenceWarning",
     "NotFittedError",
+    "InvalidParameterError",
     "HAVE_SKLEARN",
 ]

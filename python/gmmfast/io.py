@@ -96,7 +96,15 @@ def _fail(path, why) -> "ModelFileError":
 
 
 def load_model(path):
-    """Read a model written by :meth:`GaussianMixture.save`; returns a fitted estimator."""
+    """Read a model written by :meth:`GaussianMixture.save`; returns a fitted estimator.
+
+    Raises
+    ------
+    FileNotFoundError
+        when ``path`` does not exist.
+    ModelFileError
+        (a ValueError) for anything else that is not a valid model file, saying what.
+    """
     from .mixture import GaussianMixture, _precisions_from_cholesky
 
     path = os.fspath(path)
@@ -104,7 +112,7 @@ def load_model(path):
         raise FileNotFoundError(f"{path}: no such model file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # zipfile, zlib, OSError, ValueError (pickles), ...
         raise _fail(path, f"cannot be read as an .npz archive ({exc})") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise _fail(path, "it is a single .npy array, not an .npz archive")
@@ -114,10 +122,14 @@ def load_model(path):
         if missing:
             raise _fail(path, f"missing entries {missing}")
         meta = _read_metadata(archive, path)
+        model, expected, dtype = _model_from_metadata(meta, path, GaussianMixture)
         arrays = {}
         for name in _ARRAYS:
+            # shape and dtype come from the member's header, checked before any
+            # allocation: a forged header cannot make load() allocate without limit
+            _check_header(archive, name, expected[name], dtype, path)
             arrays[name] = _read_array(archive, name, path)
-    return _build(meta, arrays, path, GaussianMixture, _precisions_from_cholesky)
+    return _set_fitted(model, meta, arrays, dtype, path, _precisions_from_cholesky)
 
 
 def _read_metadata(archive, path) -> dict:
@@ -132,9 +144,10 @@ def _read_metadata(archive, path) -> dict:
     except json.JSONDecodeError as exc:
         raise _fail(path, f"metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise _fail(path, f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT_NAME!r}")
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise _fail(path, f"format is {found!r}, expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise _fail(path, f"format_version {version!r} is not a positive integer")
     if version > FORMAT_VERSION:
         raise ModelFileError(
@@ -145,28 +158,50 @@ def _read_metadata(archive, path) -> dict:
     return meta
 
 
+def _check_header(archive, name, shape, dtype, path):
+    try:
+        with archive.zip.open(name + ".npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                got_shape, _, got_dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                got_shape, _, got_dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:
+        raise _fail(path, f"array {name!r} cannot be read ({exc})") from exc
+    if got_dtype != np.dtype(dtype):
+        raise _fail(path, f"array {name!r} has dtype {got_dtype}, expected {dtype}")
+    if tuple(got_shape) != tuple(shape):
+        raise _fail(path, f"array {name!r} has shape {tuple(got_shape)}, expected {shape}")
+
+
 def _read_array(archive, name, path) -> np.ndarray:
     try:
         a = archive[name]
     except Exception as exc:
         raise _fail(path, f"array {name!r} cannot be read ({exc})") from exc
-    if a.dtype not in (np.float32, np.float64):
-        raise _fail(path, f"array {name!r} has dtype {a.dtype}, expected float32 or float64")
-    if a.size > _MAX_ELEMENTS:
-        raise _fail(path, f"array {name!r} is implausibly large ({a.size} elements)")
     if not np.all(np.isfinite(a)):
         raise _fail(path, f"array {name!r} contains NaN or infinity")
     return a
 
 
-def _get_int(meta, key, path) -> int:
+def _get_int(meta, key, path, low=0) -> int:
     value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, f"metadata field {key!r} is {value!r}, expected an integer")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(path, f"metadata field {key!r} is {value!r}, expected an integer >= {low}")
     return value
 
 
-def _build(meta, arrays, path, GaussianMixture, precisions_from_cholesky):
+def _get_number(meta, key, path, default=None, allow=lambda v: np.isfinite(v)) -> float:
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not allow(float(value)):
+        raise _fail(path, f"metadata field {key!r} is {value!r}")
+    return float(value)
+
+
+def _model_from_metadata(meta, path, GaussianMixture):
+    """The estimator with its parameters, and the expected array shapes and dtype."""
     params = meta.get("params")
     if not isinstance(params, dict):
         raise _fail(path, "metadata has no 'params' object")
@@ -181,11 +216,11 @@ def _build(meta, arrays, path, GaussianMixture, precisions_from_cholesky):
         raise _fail(path, f"invalid parameters ({exc})") from exc
     K = model.n_components
     t = model.covariance_type
-    if t not in COVARIANCE_TYPES:
-        raise _fail(path, f"covariance_type {t!r}")
-    D = _get_int(meta, "n_features_in", path)
-    if D < 1:
-        raise _fail(path, f"n_features_in is {D}")
+    if K > _MAX_ELEMENTS:
+        raise _fail(path, f"n_components is implausibly large ({K})")
+    D = _get_int(meta, "n_features_in", path, low=1)
+    if D > _MAX_ELEMENTS or K * D * (D if t == "full" else 1) > _MAX_ELEMENTS:
+        raise _fail(path, f"the model is implausibly large ({K} components, {D} features)")
     dtype = meta.get("dtype")
     if dtype not in ("float32", "float64"):
         raise _fail(path, f"dtype {dtype!r}")
@@ -195,30 +230,48 @@ def _build(meta, arrays, path, GaussianMixture, precisions_from_cholesky):
         "covariances": param_shape(t, K, D),
         "precisions_cholesky": param_shape(t, K, D),
     }
-    for name, shape in expected.items():
-        a = arrays[name]
-        if a.shape != shape:
-            raise _fail(path, f"array {name!r} has shape {a.shape}, expected {shape}")
-        if str(a.dtype) != dtype:
-            raise _fail(path, f"array {name!r} is {a.dtype} but the model is {dtype}")
+    return model, expected, dtype
+
+
+def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
+    t = model.covariance_type
+    D = arrays["means"].shape[1]
     w = arrays["weights"].astype(np.float64)
     if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-5):
         raise _fail(path, "weights are not a probability vector")
     U = arrays["precisions_cholesky"].astype(np.float64)
+    cov = arrays["covariances"].astype(np.float64)
     if t in ("full", "tied"):
         mats = U if t == "full" else U[None]
         if np.any(np.tril(mats, -1) != 0) or np.any(np.diagonal(mats, axis1=1, axis2=2) <= 0):
             raise _fail(path, "precisions_cholesky is not upper triangular with a positive diagonal")
+        cmats = cov if t == "full" else cov[None]
+        scale = np.abs(cmats).max(axis=(1, 2), keepdims=True)
+        if np.any(np.abs(cmats - np.swapaxes(cmats, 1, 2)) > 1e-5 * scale):
+            raise _fail(path, "covariances are not symmetric")
+        # positive definite up to the rounding of the stored dtype (an ill-conditioned
+        # float32 covariance may lose definiteness in its last bits only)
+        eig = np.linalg.eigvalsh(0.5 * (cmats + np.swapaxes(cmats, 1, 2)))
+        slack = 100.0 * float(np.finfo(np.dtype(dtype)).eps) * cmats.shape[-1]
+        if np.any(eig[:, -1] <= 0) or np.any(eig[:, 0] < -slack * eig[:, -1]):
+            raise _fail(path, "covariances are not positive definite")
     elif np.any(U <= 0):
         raise _fail(path, "precisions_cholesky must be positive")
+    elif np.any(cov <= 0):
+        raise _fail(path, "covariances must be positive")
     names = meta.get("feature_names_in")
     if names is not None and (
         not isinstance(names, list) or len(names) != D or not all(isinstance(n, str) for n in names)
     ):
         raise _fail(path, "feature_names_in must be a list of n_features strings")
     lower_bounds = meta.get("lower_bounds", [])
-    if not isinstance(lower_bounds, list) or not all(isinstance(v, (int, float)) for v in lower_bounds):
+    if not isinstance(lower_bounds, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in lower_bounds
+    ):
         raise _fail(path, "lower_bounds must be a list of numbers")
+    converged = meta.get("converged")
+    if not isinstance(converged, bool):
+        raise _fail(path, f"metadata field 'converged' is {converged!r}, expected true or false")
 
     model.weights_ = arrays["weights"]
     model.means_ = arrays["means"]
@@ -228,13 +281,13 @@ def _build(meta, arrays, path, GaussianMixture, precisions_from_cholesky):
     model.n_features_in_ = D
     if names is not None:
         model.feature_names_in_ = np.asarray(names, dtype=object)
-    model.converged_ = bool(meta.get("converged", False))
+    model.converged_ = converged
     model.n_iter_ = _get_int(meta, "n_iter", path)
-    lb = meta.get("lower_bound")
-    if not isinstance(lb, (int, float)):
-        raise _fail(path, f"lower_bound is {lb!r}")
-    model.lower_bound_ = float(lb)
+    # -inf after max_iter=0, as in scikit-learn
+    model.lower_bound_ = _get_number(meta, "lower_bound", path, allow=lambda v: not np.isnan(v) and v < np.inf)
     model.lower_bounds_ = [float(v) for v in lower_bounds]
-    model.reg_covar_ = float(meta.get("reg_covar_used", model.reg_covar))
-    model.n_reseeds_ = int(meta.get("n_reseeds", 0))
+    model.reg_covar_ = _get_number(
+        meta, "reg_covar_used", path, default=model.reg_covar, allow=lambda v: np.isfinite(v) and v >= 0
+    )
+    model.n_reseeds_ = _get_int(meta, "n_reseeds", path) if "n_reseeds" in meta else 0
     return model

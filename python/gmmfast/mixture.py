@@ -27,9 +27,15 @@ from typing import Optional
 import numpy as np
 
 from . import _core, ops
-from ._compat import BaseEstimator, ConvergenceWarning, DensityMixin, NotFittedError
+from ._compat import (
+    BaseEstimator,
+    ConvergenceWarning,
+    DensityMixin,
+    InvalidParameterError,
+    NotFittedError,
+)
 from ._types import COVARIANCE_TYPES, EMStats, MixtureParams, param_shape
-from ._validation import check_random_state
+from ._validation import check_random_state, seed_from
 
 __all__ = ["GaussianMixture"]
 
@@ -41,14 +47,15 @@ _RECOVERY = (None, "reg_covar", "reseed")
 
 
 def _interval_error(name, what, value):
-    return ValueError(
+    # scikit-learn's InvalidParameterError (a ValueError and a TypeError) and its text
+    return InvalidParameterError(
         f"The {name!r} parameter of GaussianMixture must be {what}. Got {value!r} instead."
     )
 
 
-def _check_int(name, value, low):
+def _check_int(name, value, low, also=""):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise _interval_error(name, f"an int in the range [{low}, inf)", value)
+        raise _interval_error(name, f"an int in the range [{low}, inf){also}", value)
 
 
 def _check_real(name, value, low):
@@ -61,32 +68,90 @@ def _check_real(name, value, low):
         raise _interval_error(name, f"a float in the range [{low}, inf)", value)
 
 
+def _is_arraylike_not_scalar(x) -> bool:
+    """scikit-learn's "array-like" parameter constraint."""
+    arraylike = hasattr(x, "__len__") or hasattr(x, "shape") or hasattr(x, "__array__")
+    return arraylike and not np.isscalar(x)
+
+
+def _is_sparse(X) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover
+        return False
+    return sp.issparse(X)
+
+
 def _feature_names(X):
-    """Column names of a DataFrame-like X when they are all strings (scikit-learn's rule)."""
+    """Column names of a DataFrame-like X when they are all strings (scikit-learn's rule:
+    None for non-string names, a TypeError for a mix of strings and other types)."""
     cols = getattr(X, "columns", None)
-    if cols is None:
+    if cols is None or not hasattr(X, "shape"):
         return None
     names = np.asarray(list(cols), dtype=object)
-    if len(names) and all(isinstance(n, str) for n in names):
+    if len(names) == 0:
+        return None
+    types = sorted(t.__qualname__ for t in set(type(v) for v in names))
+    if len(types) > 1 and "str" in types:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, "
+            f"but your input has {types} as feature name / column name types. "
+            "If you want feature names to be stored and validated, you must convert "
+            "them all to strings, by using X.columns = X.columns.astype(str) for "
+            "example. Otherwise you can remove feature / column names from your input "
+            "data, or convert them all to a non-string data type."
+        )
+    if types == ["str"]:
         return names
     return None
 
 
+def _feature_names_mismatch(fitted, names) -> str:
+    """scikit-learn's message for feature names that differ from those seen in fit."""
+    message = "The feature names should match those that were passed during fit.\n"
+    unexpected = sorted(set(names) - set(fitted))
+    missing = sorted(set(fitted) - set(names))
+
+    def listing(items):
+        out = ""
+        for i, name in enumerate(items):
+            if i >= 5:
+                out += "- ...\n"
+                break
+            out += f"- {name}\n"
+        return out
+
+    if unexpected:
+        message += "Feature names unseen at fit time:\n" + listing(unexpected)
+    if missing:
+        message += "Feature names seen at fit time, yet now missing:\n" + listing(missing)
+    if not missing and not unexpected:
+        message += "Feature names must be in the same order as they were in fit.\n"
+    return message
+
+
+def _canonical_float(arr: np.ndarray) -> np.ndarray:
+    # An unpickled or memory-mapped array can carry a float64 dtype object that equals,
+    # but is not, NumPy's float64 singleton, and the native layer dispatches on identity:
+    # a view with the canonical dtype is free and reads the same memory.
+    canonical = np.dtype(np.float32) if arr.dtype == np.float32 else np.dtype(np.float64)
+    if arr.dtype is not canonical:
+        arr = arr.view(canonical)
+    return arr
+
+
 def _as_2d_float(X, context: str = " by GaussianMixture") -> np.ndarray:
-    """X as a 2-D float32/float64 array with scikit-learn's check_array messages."""
-    arr = np.asarray(X)
+    """X as a 2-D float32/float64 array, with scikit-learn's check_array errors."""
+    if _is_sparse(X):
+        raise TypeError(
+            "Sparse data was passed for X, but dense data is required. Use '.toarray()' "
+            "to convert to a dense numpy array."
+        )
+    # a list converts straight to float64, as in check_array (NumPy's errors for strings
+    # or complex numbers in it); arrays and data frames keep float32
+    arr = np.asarray(X, dtype=np.float64) if isinstance(X, (list, tuple)) else np.asarray(X)
     if arr.dtype.kind == "c":
         raise ValueError(f"Complex data not supported\n{arr}\n")
-    if arr.dtype.kind in "USV":
-        raise ValueError(
-            "dtype='numeric' is not compatible with arrays of bytes/strings."
-            "Convert your data to numeric values explicitly instead."
-        )
-    if arr.dtype.kind == "O":
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"X must contain only numbers: {exc}") from exc
     if arr.ndim == 0:
         raise ValueError(
             f"Expected 2D array, got scalar array instead:\narray={arr}.\n"
@@ -94,6 +159,10 @@ def _as_2d_float(X, context: str = " by GaussianMixture") -> np.ndarray:
             "your data has a single feature or array.reshape(1, -1) "
             "if it contains a single sample."
         )
+    if arr.dtype.kind in "OUSV":
+        # numbers stored as objects or strings convert (as scikit-learn does); anything
+        # else raises NumPy's own TypeError / ValueError, which scikit-learn lets through
+        arr = arr.astype(np.float64)
     if arr.ndim == 1:
         raise ValueError(
             f"Expected 2D array, got 1D array instead:\narray={arr}.\n"
@@ -103,9 +172,9 @@ def _as_2d_float(X, context: str = " by GaussianMixture") -> np.ndarray:
         )
     if arr.ndim >= 3:
         raise ValueError(f"Found array with dim {arr.ndim}, while dim <= 2 is required{context}.")
-    if arr.dtype not in (np.float32, np.float64):
+    if not (arr.dtype == np.float32 or arr.dtype == np.float64):
         arr = arr.astype(np.float64)
-    return arr
+    return _canonical_float(arr)
 
 
 def _check_finite(X: np.ndarray, name: str = "X"):
@@ -150,12 +219,36 @@ def _check_shape(param, shape, name):
         )
 
 
+def _init_array(value, allow_nd=False) -> np.ndarray:
+    """A user-given initial parameter as float32/float64, with the errors of
+    scikit-learn's check_array(dtype=[float64, float32], ensure_2d=False)."""
+    # like check_array: a sequence converts straight to float64 (NumPy's errors for
+    # strings or complex numbers in it); an array keeps float32
+    arr = np.asarray(value) if hasattr(value, "dtype") else np.asarray(value, dtype=np.float64)
+    if arr.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported\n{arr}\n")
+    if not (arr.dtype == np.float32 or arr.dtype == np.float64):
+        arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        raise ValueError(
+            "Input should have at least 1 dimension i.e. satisfy `len(x.shape) > 0`, "
+            f"got scalar `{arr!r}` instead."
+        )
+    if arr.ndim >= 3 and not allow_nd:
+        raise ValueError(f"Found array with dim {arr.ndim}, while dim <= 2 is required.")
+    if np.isnan(arr).any():
+        raise ValueError("Input contains NaN.")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"Input contains infinity or a value too large for {arr.dtype!r}.")
+    return _canonical_float(arr)
+
+
 def _check_weights_init(weights, n_components):
-    weights = np.asarray(weights)
-    if weights.dtype not in (np.float32, np.float64):
-        weights = weights.astype(np.float64)
+    weights = _init_array(weights)
     _check_shape(weights, (n_components,), "weights")
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0.0) or np.any(weights > 1.0):
+    if np.any(weights < 0.0) or np.any(weights > 1.0):
+        # scikit-learn 1.9 prints min(weights) as "max value" and max as "min value";
+        # we keep its words but put the right numbers after them
         raise ValueError(
             "The parameter 'weights' should be in the range [0, 1], but got max value "
             "%.5f, min value %.5f" % (np.max(weights), np.min(weights))
@@ -170,24 +263,26 @@ def _check_weights_init(weights, n_components):
 
 
 def _check_means_init(means, n_components, n_features):
-    means = np.asarray(means, dtype=np.float64)
+    means = _init_array(means)
     _check_shape(means, (n_components, n_features), "means")
-    if not np.all(np.isfinite(means)):
-        raise ValueError("The parameter 'means' must be finite")
-    return means
+    return means.astype(np.float64)
 
 
 def _check_precisions_init(precisions, covariance_type, n_components, n_features):
-    precisions = np.asarray(precisions, dtype=np.float64)
-    _check_shape(precisions, param_shape(covariance_type, n_components, n_features), "precisions")
+    precisions = _init_array(precisions, allow_nd=covariance_type == "full")
+    _check_shape(
+        precisions,
+        param_shape(covariance_type, n_components, n_features),
+        "%s precision" % covariance_type,
+    )
+    precisions = precisions.astype(np.float64)
     if covariance_type in ("diag", "spherical"):
-        if not np.all(np.isfinite(precisions)) or np.any(precisions <= 0.0):
+        if np.any(precisions <= 0.0):
             raise ValueError("'%s precision' should be positive" % covariance_type)
         return precisions
     mats = precisions if covariance_type == "full" else precisions[None]
     for p in mats:
-        ok = np.all(np.isfinite(p)) and np.allclose(p, p.T) and np.all(np.linalg.eigvalsh(p) > 0.0)
-        if not ok:
+        if not (np.allclose(p, p.T) and np.all(np.linalg.eigvalsh(p) > 0.0)):
             raise ValueError("'%s precision' should be symmetric, positive-definite" % covariance_type)
     return precisions
 
@@ -254,7 +349,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         - 'reseed': restart each failed or collapsed component at the worst-explained
           sample (lowest log-likelihood), with the average covariance of the others and
           weight 1/n_components; at most ``max(10, n_components)`` restarts per
-          initialisation, counted in ``n_reseeds_``.
+          initialisation, counted in ``n_reseeds_``. When no restart is possible (the
+          budget is spent, every component failed, or the covariance is 'tied'), an
+          ill-defined covariance is handled as with 'reg_covar'.
 
         Both are deterministic; a warning reports that recovery happened.
     n_threads : int, default=None
@@ -270,10 +367,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_features_in_ : int
     feature_names_in_ : ndarray of str (only when X had string column names)
     reg_covar_ : float
-        The regularisation in effect at the end of the fit (differs from reg_covar only
-        with recovery='reg_covar').
+        The regularisation in effect at the end of the kept run (differs from reg_covar
+        only when recovery raised it).
     n_reseeds_ : int
-        Components restarted by recovery='reseed' (0 otherwise).
+        Components restarted by recovery='reseed' in the kept run (0 otherwise).
     """
 
     def __init__(
@@ -316,6 +413,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ parameter checks
 
     def _check_params(self):
+        """scikit-learn's parameter constraints (InvalidParameterError with its text),
+        plus gmmfast's recovery and n_threads."""
         _check_int("n_components", self.n_components, 1)
         if self.covariance_type not in COVARIANCE_TYPES:
             raise _interval_error(
@@ -325,43 +424,50 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_real("reg_covar", self.reg_covar, 0.0)
         _check_int("max_iter", self.max_iter, 0)
         _check_int("n_init", self.n_init, 1)
-        if self.init_params not in _INIT_PARAMS:
+        if not isinstance(self.init_params, str) or self.init_params not in _INIT_PARAMS:
             raise _interval_error("init_params", f"a str among {set(_INIT_PARAMS)}", self.init_params)
+        for name in ("weights_init", "means_init", "precisions_init"):
+            value = getattr(self, name)
+            if value is not None and not _is_arraylike_not_scalar(value):
+                raise _interval_error(name, "an array-like or None", value)
+        rs = self.random_state
+        if not (
+            rs is None
+            or isinstance(rs, (np.random.RandomState, np.random.Generator))
+            or (
+                isinstance(rs, numbers.Integral)
+                and not isinstance(rs, bool)
+                and 0 <= rs <= 2**32 - 1
+            )
+        ):
+            # a Generator is accepted too (an extension of scikit-learn's constraint)
+            raise _interval_error(
+                "random_state",
+                "an int in the range [0, 4294967295], an instance of "
+                "'numpy.random.mtrand.RandomState' or None",
+                rs,
+            )
         if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise _interval_error("warm_start", "an instance of 'bool'", self.warm_start)
-        _check_int("verbose", int(self.verbose) if isinstance(self.verbose, bool) else self.verbose, 0)
+            raise _interval_error(
+                "warm_start", "an instance of 'bool' or an instance of 'numpy.bool'", self.warm_start
+            )
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            _check_int(
+                "verbose",
+                self.verbose,
+                0,
+                also=", an instance of 'bool' or an instance of 'numpy.bool'",
+            )
         _check_int("verbose_interval", self.verbose_interval, 1)
-        if self.recovery not in _RECOVERY:
+        if not (self.recovery is None or (isinstance(self.recovery, str) and self.recovery in _RECOVERY)):
             raise _interval_error("recovery", "None, 'reg_covar' or 'reseed'", self.recovery)
         if self.n_threads is not None:
             _check_int("n_threads", self.n_threads, 1)
-        check_random_state(self.random_state)
 
     def _validate_X(self, X, *, reset: bool, min_samples: int = 1) -> np.ndarray:
+        # scikit-learn's validate_data order: feature names, check_array, n_features
         names = _feature_names(X)
-        arr = _as_2d_float(X)
-        if arr.shape[0] < min_samples:
-            raise ValueError(
-                "Found array with %d sample(s) (shape=%s) while a minimum of %d is required by "
-                "GaussianMixture." % (arr.shape[0], arr.shape, min_samples)
-            )
-        if arr.shape[1] < 1:
-            raise ValueError(
-                "Found array with %d feature(s) (shape=%s) while a minimum of 1 is required by "
-                "GaussianMixture." % (arr.shape[1], arr.shape)
-            )
-        if reset:
-            self.n_features_in_ = arr.shape[1]
-            if names is not None:
-                self.feature_names_in_ = names
-            elif hasattr(self, "feature_names_in_"):
-                del self.feature_names_in_
-        else:
-            if arr.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {arr.shape[1]} features, but GaussianMixture is expecting "
-                    f"{self.n_features_in_} features as input."
-                )
+        if not reset:
             fitted = getattr(self, "feature_names_in_", None)
             if fitted is not None and names is None:
                 warnings.warn(
@@ -374,11 +480,33 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     "X has feature names, but GaussianMixture was fitted without feature names",
                     UserWarning,
                 )
-            elif fitted is not None and not np.array_equal(fitted, names):
-                raise ValueError(
-                    "The feature names should match those that were passed during fit."
-                )
+            elif fitted is not None and (
+                len(fitted) != len(names) or np.any(fitted != names)
+            ):
+                raise ValueError(_feature_names_mismatch(fitted, names))
+        arr = _as_2d_float(X)
+        if arr.shape[0] < min_samples:
+            raise ValueError(
+                "Found array with %d sample(s) (shape=%s) while a minimum of %d is required by "
+                "GaussianMixture." % (arr.shape[0], arr.shape, min_samples)
+            )
+        if arr.shape[1] < 1:
+            raise ValueError(
+                "Found array with %d feature(s) (shape=%s) while a minimum of 1 is required by "
+                "GaussianMixture." % (arr.shape[1], arr.shape)
+            )
         _check_finite(arr)
+        if reset:
+            self.n_features_in_ = arr.shape[1]
+            if names is not None:
+                self.feature_names_in_ = names
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif arr.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {arr.shape[1]} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input."
+            )
         return arr
 
     def _check_is_fitted(self):
@@ -430,24 +558,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         n_init = self.n_init if do_init else 1
+        start_reg = float(self.reg_covar)
+        if not do_init and self.recovery == "reg_covar":
+            # a warm start goes on with the regularisation the previous fit ended with
+            start_reg = max(start_reg, float(getattr(self, "reg_covar_", start_reg)))
         random_state = check_random_state(self.random_state)
+        # the collapse rule counts samples that carry weight (zero weight = absent row)
+        n_rows = n_samples if sw is None else int(np.count_nonzero(sw))
         max_lower_bound = -np.inf
         best_lower_bounds = []
-        best = None
+        best = best_state = None
         self.converged_ = False
-        self.reg_covar_ = float(self.reg_covar)
-        self.n_reseeds_ = 0
         for init in range(n_init):
             self._verbose_init_begin(init)
+            state = _RunState(start_reg, n_rows)
             if do_init:
-                params = self._initial_params(X, sw, random_state, inits)
+                params = self._initial_params(X, sw, random_state, inits, state)
             else:
                 params = self._fitted_params()
             lower_bound = -np.inf if do_init else self.lower_bound_
             if self.max_iter == 0:
-                best, best_n_iter = params, 0
+                best, best_n_iter, best_state = params, 0, state
                 continue
-            state = _RunState(self.reg_covar, n_samples)
             current = []
             converged = False
             restarted = False
@@ -472,13 +604,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     converged = True
                     break
             self._verbose_init_end(lower_bound, converged)
-            self.reg_covar_ = max(self.reg_covar_, state.reg_covar)
-            self.n_reseeds_ += state.reseeds
             if lower_bound > max_lower_bound or max_lower_bound == -np.inf:
                 max_lower_bound = lower_bound
                 best = params
                 best_n_iter = n_iter
                 best_lower_bounds = current
+                best_state = state
                 self.converged_ = converged
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
@@ -487,15 +618,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "tol, or check for degenerate data.",
                 ConvergenceWarning,
             )
+        # the recovery record of the kept run (the other runs' models are discarded)
+        self.reg_covar_ = best_state.reg_covar
+        self.n_reseeds_ = best_state.reseeds
         if self.n_reseeds_ or self.reg_covar_ > self.reg_covar:
+            done = []
+            if self.n_reseeds_:
+                done.append(f"{self.n_reseeds_} component restart(s)")
+            if self.reg_covar_ > self.reg_covar:
+                done.append(f"reg_covar raised to {self.reg_covar_:.3g}")
             warnings.warn(
-                f"recovery={self.recovery!r}: "
-                + (
-                    f"{self.n_reseeds_} component restart(s)"
-                    if self.recovery == "reseed"
-                    else f"reg_covar raised to {self.reg_covar_:.3g}"
-                )
-                + " to keep every covariance positive definite.",
+                f"recovery={self.recovery!r}: {' and '.join(done)}, because components "
+                "collapsed or had ill-defined (not positive definite) covariances.",
                 RuntimeWarning,
             )
         self._set_params_from(best, X.dtype)
@@ -514,22 +648,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else _check_precisions_init(self.precisions_init, t, K, n_features),
         )
 
-    def _initial_params(self, X, sw, random_state, inits) -> MixtureParams:
+    def _initial_params(self, X, sw, random_state, inits, state) -> MixtureParams:
         weights_init, means_init, precisions_init = inits
         t = self.covariance_type
+        params = None
         if weights_init is None or means_init is None or precisions_init is None:
-            params = ops.initial_params(
-                X,
-                self.n_components,
-                t,
-                init_params=self.init_params,
-                reg_covar=self.reg_covar,
-                random_state=random_state,
-                sample_weight=sw,
-                n_threads=self.n_threads,
-            )
-        else:
-            params = None
+            stats = self._initial_stats(X, sw, random_state)
+            if precisions_init is None:
+                # the M-step of the initial responsibilities, under the recovery policy
+                params, _ = self._m_step(stats, X, sw, None, state)
+            else:
+                # scikit-learn computes no covariance when precisions_init is given, so
+                # a degenerate initial cluster must not fail here
+                weights_k, means_k = _weights_and_means(stats, X.dtype)
+                params = MixtureParams(t, weights_k, means_k, None, None)
         weights = params.weights if weights_init is None else weights_init
         means = params.means if means_init is None else means_init
         if precisions_init is None:
@@ -539,10 +671,57 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             covariances = _covariances_from_precisions(precisions_init, t)
         return MixtureParams(t, weights, means, covariances, prec_chol)
 
-    def _m_step(self, stats: EMStats, X, sw, prev: MixtureParams, state: "_RunState"):
+    def _initial_stats(self, X, sw, random_state) -> EMStats:
+        """The statistics of the initial responsibilities.
+
+        The same computation and random draws as :func:`gmmfast.ops.initial_params`
+        (whose result is ``ops.finalize`` of these statistics), stopped before the last
+        M-step so that the recovery policy applies to it, and with the first pass's means
+        taken without its covariances: those could fail where the second pass's do not.
+        """
+        N, D = X.shape
+        K, t = self.n_components, self.covariance_type
+        resp = labels = None
+        if self.init_params == "kmeans":
+            labels = ops.kmeans(
+                X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
+            ).labels
+        elif self.init_params == "k-means++":
+            _, idx = ops.kmeans_plusplus(
+                X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
+            )
+            resp = np.zeros((N, K), dtype=X.dtype)
+            resp[idx, np.arange(K)] = 1
+        elif self.init_params == "random":
+            rs = np.random.default_rng(seed_from(random_state))
+            resp = rs.uniform(size=(N, K)).astype(X.dtype)
+            resp /= resp.sum(axis=1, keepdims=True)
+        else:  # random_from_data
+            rs = np.random.default_rng(seed_from(random_state))
+            idx = rs.choice(N, size=K, replace=False)
+            resp = np.zeros((N, K), dtype=X.dtype)
+            resp[idx, np.arange(K)] = 1
+        shape_only = dict(
+            log_weights=np.zeros(K),
+            means=np.zeros((K, D)),
+            precisions_cholesky=np.ones(param_shape(t, K, D)),
+            covariance_type=t,
+            sample_weight=sw,
+            resp=resp,
+            labels=labels,
+            n_threads=self.n_threads,
+        )
+        # pass 1 centres at the data mean; pass 2 at the means it gives, for accuracy
+        centre = np.mean(X, axis=0, dtype=np.float64)
+        first = ops.em_stats(X, centres=np.tile(centre, (K, 1)), **shape_only)
+        _, means = _weights_and_means(first, X.dtype)
+        return ops.em_stats(X, centres=means, **shape_only)
+
+    def _m_step(self, stats: EMStats, X, sw, prev: Optional[MixtureParams], state: "_RunState"):
         """finalize, with the recovery policy for ill-defined or collapsed components.
 
-        Returns (params, restarted) where restarted tells that components were reseeded.
+        ``prev`` is the mixture of the E-step (None for the initial M-step). Returns
+        (params, restarted) where restarted tells that components were reseeded.
         """
         try:
             params = ops.finalize(stats, state.reg_covar, X.dtype)
@@ -550,27 +729,43 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if self.recovery is None:
                 raise
             if self.recovery == "reg_covar" or self.covariance_type == "tied":
+                # a tied covariance is shared: no single component to restart
                 return self._escalate_reg_covar(stats, X, state), False
-            return self._reseed(stats, X, sw, prev, state)
+            failed = self._failed_components(stats, X.dtype, state.reg_covar)
+            return self._reseed(stats, X, sw, prev, state, failed)
         if self.recovery == "reseed":
             collapsed = self._collapsed(stats, state.n_rows)
-            if collapsed.size and state.reseeds < state.max_reseeds(self.n_components):
-                return self._reseed(stats, X, sw, prev, state, failed=collapsed, params=params)
+            if collapsed.size:
+                return self._reseed(stats, X, sw, prev, state, collapsed, params=params)
         return params, False
 
     def _escalate_reg_covar(self, stats, X, state):
-        scale = max(float(np.mean(_diag_of(stats, self.covariance_type))), 1e-300)
-        reg = max(state.reg_covar * 10.0, 1e-12 * scale)
-        while True:
+        """finalize with reg_covar raised tenfold until every covariance is positive
+        definite (from 1e-12 of the data's variance up to 1e6 of it, at most)."""
+        scale = float(np.mean(_diag_of(stats, self.covariance_type)))
+        if not np.isfinite(scale):
+            # non-finite statistics: no regularisation helps; raise finalize's error
+            return ops.finalize(stats, state.reg_covar, X.dtype)
+        # the centred statistics of a zero variance hold rounding noise of ~eps·|c|²
+        scale = max(scale, 16.0 * float(np.finfo(np.float64).eps) * float(np.mean(stats.centres**2)))
+        if scale <= 0.0:
+            scale = 1.0  # every sample sits at the origin: any scale works
+        # float32 kernels square U(x - μ) in float32: start where that cannot overflow
+        start = 1e-12 if X.dtype == np.float64 else 1e-5
+        reg = max(state.reg_covar * 10.0, start * scale)
+        error = None
+        for _ in range(64):  # bounded whatever the numbers
             try:
                 params = ops.finalize(stats, reg, X.dtype)
-            except ValueError:
+            except ValueError as exc:
+                error = exc
                 if reg > 1e6 * scale:
-                    raise
+                    break
                 reg *= 10.0
                 continue
             state.reg_covar = reg
             return params
+        raise error
 
     @staticmethod
     def _collapsed(stats: EMStats, n_rows: int) -> np.ndarray:
@@ -579,19 +774,35 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         threshold = 2.0 * stats.weight_sum / max(n_rows, 1)
         return np.flatnonzero(stats.nk < threshold)
 
-    def _reseed(self, stats, X, sw, prev, state, failed=None, params=None):
-        """Restart failed/collapsed components at the worst-explained samples."""
+    def _reseed(self, stats, X, sw, prev, state, failed, params=None):
+        """Restart failed (``params`` None: their covariance is not positive definite) or
+        collapsed (``params`` given: the M-step's result) components at the samples the
+        mixture explains worst, with the mean covariance of the healthy components."""
         K, t = self.n_components, self.covariance_type
-        if failed is None:
-            failed = self._failed_components(stats, X.dtype, state.reg_covar)
         budget = state.max_reseeds(K) - state.reseeds
-        if budget <= 0 or failed.size == 0 or failed.size >= K:
-            # nothing sensible to restart from: fall back to raising the regularisation
-            return self._escalate_reg_covar(stats, X, state), False
-        failed = failed[:budget]
+        healthy = np.setdiff1d(np.arange(K), failed)
         if params is None:
-            # finalize the healthy components; failed ones are replaced below
-            params = ops.finalize(_with_components_neutralised(stats, failed), state.reg_covar, X.dtype)
+            if failed.size == 0 or healthy.size == 0 or failed.size > budget:
+                # nothing to restart from, or too many restarts already: regularise
+                return self._escalate_reg_covar(stats, X, state), False
+            # finalize the healthy components; the failed ones are replaced below
+            params = ops.finalize(
+                _with_components_neutralised(stats, failed), state.reg_covar, X.dtype
+            )
+        else:
+            failed = failed[: max(budget, 0)]
+            if failed.size == 0 or healthy.size == 0:
+                return params, False
+        if prev is None:
+            # the initial M-step: the worst-explained samples under the healthy part
+            w = params.weights[healthy]
+            prev = MixtureParams(
+                t,
+                w / w.sum(),
+                params.means[healthy],
+                None,
+                params.precisions_cholesky if t == "tied" else params.precisions_cholesky[healthy],
+            )
         ll = ops.log_prob(
             X,
             _log_weights(prev.weights).astype(X.dtype),
@@ -604,7 +815,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if sw is not None:
             ll = np.where(sw > 0, ll, np.inf)  # never seed at a zero-weight sample
         order = np.argsort(ll, kind="stable")
-        healthy = np.setdiff1d(np.arange(K), failed)
         weights = params.weights.copy()
         means = params.means.copy()
         covariances = params.covariances.copy()
@@ -616,7 +826,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if t != "tied":
                 covariances[k] = mean_cov
         weights /= weights.sum()
-        prec_chol, log_det = ops.precision_cholesky(covariances, t, n_features=X.shape[1])
+        try:
+            prec_chol, log_det = ops.precision_cholesky(covariances, t, n_features=X.shape[1])
+        except ValueError:
+            # the healthy covariances are so ill-conditioned that their rounded mean is
+            # not positive definite: regularise instead of restarting
+            return self._escalate_reg_covar(stats, X, state), False
         state.reseeds += failed.size
         return MixtureParams(t, weights, means, covariances, prec_chol, log_det), True
 
@@ -643,11 +858,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return out
 
     def _log_prob(self, X, output):
+        # scikit-learn computes in the promoted dtype of X and the parameters: float32
+        # data under a float64 model are scored in float64
+        dt = np.result_type(X.dtype, self.means_.dtype)
+        if dt != X.dtype:
+            X = X.astype(dt)
         return ops.log_prob(
             X,
-            _log_weights(self.weights_).astype(X.dtype),
-            self.means_.astype(X.dtype),
-            self.precisions_cholesky_.astype(X.dtype),
+            _log_weights(self.weights_).astype(dt),
+            self.means_.astype(dt),
+            self.precisions_cholesky_.astype(dt),
             self.covariance_type,
             output,
             n_threads=self.n_threads,
@@ -695,10 +915,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         if isinstance(rng, np.random.Generator):
             rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
-        weights = self.weights_.astype(np.float64)
-        counts = rng.multinomial(n_samples, weights / weights.sum())
-        means = self.means_.astype(np.float64)
-        cov = self.covariances_.astype(np.float64)
+        # scikit-learn's draws, number for number: the fitted arrays as they are (float32
+        # stays float32, so np.sqrt rounds the same way) and the weights unnormalised;
+        # only weights whose first K-1 sum past 1 (which NumPy rejects) are normalised
+        pvals = self.weights_
+        if float(np.sum(pvals[:-1], dtype=np.float64)) > 1.0 + 1e-12:
+            pvals = pvals.astype(np.float64) / np.sum(pvals, dtype=np.float64)
+        counts = rng.multinomial(n_samples, pvals)
+        means, cov = self.means_, self.covariances_
         if self.covariance_type == "full":
             X = np.vstack([rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(means, cov, counts)])
         elif self.covariance_type == "tied":
@@ -710,6 +934,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     for m, c, s in zip(means, cov, counts)
                 ]
             )
+        X = X.astype(np.float64, copy=False)
         y = np.concatenate([np.full(int(s), k, dtype=np.int64) for k, s in enumerate(counts)])
         return X, y
 
@@ -770,8 +995,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.means_ = params.means.astype(dtype)
         self.covariances_ = params.covariances.astype(dtype)
         self.precisions_cholesky_ = params.precisions_cholesky.astype(dtype)
+        # from the stored (dtype-rounded) factor, in float64: gmmfast.load recomputes
+        # precisions_ the same way and gets the same numbers
         self.precisions_ = _precisions_from_cholesky(
-            params.precisions_cholesky.astype(np.float64), self.covariance_type
+            self.precisions_cholesky_.astype(np.float64), self.covariance_type
         ).astype(dtype)
 
     # scikit-learn's verbose output, word for word
@@ -844,6 +1071,32 @@ def _component_stats(stats: EMStats, k: int) -> EMStats:
         stats.s1[k : k + 1],
         s2,
     )
+
+
+def _weights_and_means(stats: EMStats, dtype):
+    """finalize's weights and means of the statistics, never its covariance error.
+
+    Weights and means depend on nk, s1 and the centres only, so finalize runs on s2 = 0
+    with a reg_covar that dominates the rest of every covariance it computes: with
+    δ_k = μ_k - c_k that rest is -(s1 δᵀ + δ s1ᵀ - nk δ δᵀ)/n_k (summed over k and
+    divided by Σ n_k for tied), of norm at most (2‖s1‖‖δ‖ + nk‖δ‖²)/n_k, so reg·I plus it
+    is positive definite. The covariances are discarded.
+    """
+    nk_eps = 10.0 * float(np.finfo(np.dtype(dtype)).eps)
+    n_k = stats.nk + nk_eps
+    delta = np.linalg.norm((stats.s1 - nk_eps * stats.centres) / n_k[:, None], axis=1)
+    s1 = np.linalg.norm(stats.s1, axis=1)
+    rest = 2.0 * s1 * delta + stats.nk * delta * delta
+    reg = 1.0 + 2.0 * max(float(np.max(rest / n_k)), float(np.sum(rest) / np.sum(n_k)))
+    t = stats.covariance_type
+    K, D = stats.s1.shape
+    s2 = np.zeros(param_shape(t, K, D))
+    params = ops.finalize(
+        EMStats(t, stats.centres, stats.log_likelihood, stats.weight_sum, stats.nk, stats.s1, s2),
+        reg,
+        dtype,
+    )
+    return params.weights, params.means
 
 
 def _with_components_neutralised(stats: EMStats, failed) -> EMStats:
