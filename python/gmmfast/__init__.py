@@ -12,11 +12,14 @@ from ._compat import ConvergenceWarning, NotFittedError
 from ._types import EMResult, EMStats, MixtureParams
 from .io import ModelFileError, load_model as load
 from .mixture import GaussianMixture
+from .selection import ModelSelection, select_model
 
 __version__ = _core.__version__
 
 __all__ = [
     "GaussianMixture",
+    "select_model",
+    "ModelSelection",
     "load",
     "ModelFileError",
     "ConvergenceWarning",
