@@ -65,7 +65,7 @@ def save_model(model, path) -> None:
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "gmmfast_version": _version(),
-        "dtype": str(model.means_.dtype),
+        "dtype": str(_host(model.means_).dtype),
         "params": {k: _json_scalar(params[k]) for k in _SCALAR_PARAMS},
         "n_features_in": int(model.n_features_in_),
         "feature_names_in": (
@@ -78,11 +78,18 @@ def save_model(model, path) -> None:
         "reg_covar_used": float(getattr(model, "reg_covar_", model.reg_covar)),
         "n_reseeds": int(getattr(model, "n_reseeds_", 0)),
     }
-    arrays = {name: np.ascontiguousarray(getattr(model, name + "_")) for name in _ARRAYS}
+    # a model fitted on torch tensors is saved like any other (loading gives NumPy arrays)
+    arrays = {name: np.ascontiguousarray(_host(getattr(model, name + "_"))) for name in _ARRAYS}
     path = os.fspath(path)
     # np.savez appends .npz to names without it; write to the exact path the user gave
     with open(path, "wb") as fh:
         np.savez(fh, metadata=np.array(json.dumps(meta)), **arrays)
+
+
+def _host(a):
+    from ._engines import is_tensor
+
+    return a.detach().cpu().numpy() if is_tensor(a) else a
 
 
 def _version() -> str:

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core, ops
+from ._engines import NumpyEngine, TorchEngine, is_tensor
 from ._compat import (
     BaseEstimator,
     ConvergenceWarning,
@@ -544,16 +545,53 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Xv = self._fit(X, sample_weight)
         return self._labels(Xv)
 
-    def _fit(self, X, sample_weight) -> np.ndarray:
+    def _fit(self, X, sample_weight):
+        """Validate, run EM, set the fitted attributes; returns the validated X (NumPy, or
+        a tensor on its device when X is a torch tensor)."""
         self._check_params()
+        if is_tensor(X):
+            return self._fit_tensor(X, sample_weight)
         X = self._validate_X(X, reset=True, min_samples=2)
-        n_samples, n_features = X.shape
+        sw = self._fit_weights(X, sample_weight)
+        self._run_em(NumpyEngine(self, X, sw), X, sw)
+        return X
+
+    def _fit_tensor(self, X, sample_weight):
+        """EM on a torch tensor, on its device (CPU or CUDA), through the gmmfast:: ops.
+
+        The initialisation (k-means or the other init_params) runs on the CPU kernels,
+        on a host copy of X when X is on a GPU, so a CUDA fit starts exactly where a CPU
+        fit does; every EM iteration then runs on X's device with one host
+        synchronisation. The fitted attributes are tensors on X's device.
+        """
+        import torch
+
+        if X.is_complex():
+            raise ValueError("Complex data not supported")
+        Xt = X.detach()
+        if Xt.dtype not in (torch.float32, torch.float64):
+            Xt = Xt.to(torch.float64)
+        Xt = Xt.contiguous()
+        X_host = self._validate_X(Xt.cpu().numpy(), reset=True, min_samples=2)
+        sw_host = self._fit_weights(X_host, _to_numpy(sample_weight))
+        sw = None if sw_host is None else torch.as_tensor(sw_host, device=Xt.device)
+        self._run_em(TorchEngine(self, Xt, X_host, sw, sw_host), X_host, sw_host)
+        return Xt
+
+    def _fit_weights(self, X, sample_weight):
+        n_samples = X.shape[0]
         if n_samples < self.n_components:
             raise ValueError(
                 "Expected n_samples >= n_components "
                 f"but got n_components = {self.n_components}, n_samples = {n_samples}"
             )
-        sw = _check_sample_weight(sample_weight, n_samples, X.dtype)
+        return _check_sample_weight(sample_weight, n_samples, X.dtype)
+
+    def _run_em(self, engine, X, sw):
+        """scikit-learn's fit loop (n_init runs, warm start, convergence on the change of
+        the mean log-likelihood, ConvergenceWarning) around the engine's iterations.
+        X and sw are NumPy (a host copy for tensors): the initialisation uses them."""
+        n_samples, n_features = X.shape
         inits = self._checked_inits(n_features)
 
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -573,9 +611,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self._verbose_init_begin(init)
             state = _RunState(start_reg, n_rows)
             if do_init:
-                params = self._initial_params(X, sw, random_state, inits, state)
+                params = engine.to_device(self._initial_params(X, sw, random_state, inits, state))
             else:
-                params = self._fitted_params()
+                params = engine.to_device(self._fitted_params())
             lower_bound = -np.inf if do_init else self.lower_bound_
             if self.max_iter == 0:
                 best, best_n_iter, best_state = params, 0, state
@@ -586,17 +624,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             for n_iter in range(1, self.max_iter + 1):
                 # after a restart the objective changed: no convergence test against it
                 prev = -np.inf if restarted else lower_bound
-                stats = ops.em_stats(
-                    X,
-                    _log_weights(params.weights).astype(X.dtype),
-                    params.means.astype(X.dtype),
-                    params.precisions_cholesky.astype(X.dtype),
-                    self.covariance_type,
-                    sample_weight=sw,
-                    n_threads=self.n_threads,
-                )
-                lower_bound = stats.mean_log_likelihood
-                params, restarted = self._m_step(stats, X, sw, params, state)
+                lower_bound, params, restarted = engine.step(params, state)
                 current.append(lower_bound)
                 change = lower_bound - prev
                 self._verbose_iter_end(n_iter, change)
@@ -632,11 +660,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "collapsed or had ill-defined (not positive definite) covariances.",
                 RuntimeWarning,
             )
-        self._set_params_from(best, X.dtype)
+        self._set_attributes(engine.attributes(best))
         self.n_iter_ = best_n_iter
         self.lower_bound_ = max_lower_bound
         self.lower_bounds_ = best_lower_bounds
-        return X
 
     def _checked_inits(self, n_features):
         K, t = self.n_components, self.covariance_type
@@ -847,54 +874,110 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ----------------------------------------------------------------------- prediction
 
-    def _labels(self, X: np.ndarray) -> np.ndarray:
+    def _labels(self, X):
         # argmax of the weighted log-densities, in row blocks so that memory stays
         # O(block · n_components) whatever n_samples
-        out = np.empty(X.shape[0], dtype=np.int64)
         block = max(1, (1 << 22) // max(self.n_components, 1))
+        if is_tensor(X):
+            import torch
+
+            return torch.cat(
+                [
+                    torch.argmax(self._log_prob(X[start : start + block], "weighted"), dim=1)
+                    for start in range(0, X.shape[0], block)
+                ]
+            )
+        out = np.empty(X.shape[0], dtype=np.int64)
         for start in range(0, X.shape[0], block):
             w = self._log_prob(X[start : start + block], "weighted")
             out[start : start + block] = np.argmax(w, axis=1)
         return out
 
     def _log_prob(self, X, output):
-        # scikit-learn computes in the promoted dtype of X and the parameters: float32
-        # data under a float64 model are scored in float64
-        dt = np.result_type(X.dtype, self.means_.dtype)
+        """log_prob of validated X under the fitted mixture, in X's kind of array and on
+        its device. scikit-learn computes in the promoted dtype of X and the parameters:
+        float32 data under a float64 model are scored in float64."""
+        if is_tensor(X):
+            import torch
+
+            from . import torch as gt
+
+            dt = torch.promote_types(X.dtype, _torch_dtype(self.means_))
+
+            def param(a):
+                return _as_tensor(a, X.device).to(dt)
+
+            return gt.log_prob(
+                X.to(dt),
+                # log in float64, then rounded: as the NumPy path does
+                torch.log(_as_tensor(self.weights_, X.device).double()).to(dt),
+                param(self.means_),
+                param(self.precisions_cholesky_),
+                self.covariance_type,
+                output,
+            )
+        means = _to_numpy(self.means_)
+        dt = np.result_type(X.dtype, means.dtype)
         if dt != X.dtype:
             X = X.astype(dt)
         return ops.log_prob(
             X,
-            _log_weights(self.weights_).astype(dt),
-            self.means_.astype(dt),
-            self.precisions_cholesky_.astype(dt),
+            _log_weights(_to_numpy(self.weights_)).astype(dt),
+            means.astype(dt),
+            _to_numpy(self.precisions_cholesky_).astype(dt),
             self.covariance_type,
             output,
             n_threads=self.n_threads,
         )
 
+    def _validate_input(self, X):
+        """X for predict/score: NumPy through scikit-learn's checks, or a torch tensor
+        checked on its device (shape, dtype, finite values)."""
+        if not is_tensor(X):
+            return self._validate_X(X, reset=False)
+        import torch
+
+        if X.is_complex():
+            raise ValueError("Complex data not supported")
+        X = X.detach()
+        if X.dtype not in (torch.float32, torch.float64):
+            X = X.to(torch.float64)
+        if X.dim() != 2:
+            raise ValueError(f"Expected 2D tensor of shape (n_samples, n_features), got {X.dim()}D")
+        if X.shape[0] < 1:
+            raise ValueError(f"Found tensor with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("Input X contains NaN or infinity.")
+        return X
+
     def predict(self, X):
-        """Component labels of the samples in X."""
+        """Component labels of the samples in X (a tensor on X's device for tensor X)."""
         self._check_is_fitted()
-        return self._labels(self._validate_X(X, reset=False))
+        return self._labels(self._validate_input(X))
 
     def predict_proba(self, X):
         """Posterior probability of each component for each sample, (n_samples, n_components)."""
         self._check_is_fitted()
-        X = self._validate_X(X, reset=False)
-        return np.exp(self._log_prob(X, "log_resp"))
+        X = self._validate_input(X)
+        lr = self._log_prob(X, "log_resp")
+        return lr.exp() if is_tensor(lr) else np.exp(lr)
 
     def score_samples(self, X):
         """Log-likelihood of each sample under the model."""
         self._check_is_fitted()
-        return self._log_prob(self._validate_X(X, reset=False), "sample")
+        return self._log_prob(self._validate_input(X), "sample")
 
     def score(self, X, y=None, sample_weight=None):
         """Mean (weighted) log-likelihood of X under the model."""
         self._check_is_fitted()
-        X = self._validate_X(X, reset=False)
-        ll = self._log_prob(X, "sample").astype(np.float64)
-        sw = _check_sample_weight(sample_weight, X.shape[0], np.float64)
+        X = self._validate_input(X)
+        ll = _to_numpy(self._log_prob(X, "sample")).astype(np.float64)
+        sw = _check_sample_weight(_to_numpy(sample_weight), X.shape[0], np.float64)
         return float(ll.mean() if sw is None else np.dot(sw, ll) / sw.sum())
 
     def sample(self, n_samples=1):
@@ -911,18 +994,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "Invalid value for 'n_samples': %s . The sampling requires at least one sample."
                 % n_samples
             )
-        n_features = self.means_.shape[1]
+        n_features = int(self.means_.shape[1])
         rng = check_random_state(self.random_state)
         if isinstance(rng, np.random.Generator):
             rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
         # scikit-learn's draws, number for number: the fitted arrays as they are (float32
         # stays float32, so np.sqrt rounds the same way) and the weights unnormalised;
         # only weights whose first K-1 sum past 1 (which NumPy rejects) are normalised
-        pvals = self.weights_
+        weights, means, cov = (_to_numpy(a) for a in (self.weights_, self.means_, self.covariances_))
+        pvals = weights
         if float(np.sum(pvals[:-1], dtype=np.float64)) > 1.0 + 1e-12:
             pvals = pvals.astype(np.float64) / np.sum(pvals, dtype=np.float64)
         counts = rng.multinomial(n_samples, pvals)
-        means, cov = self.means_, self.covariances_
         if self.covariance_type == "full":
             X = np.vstack([rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(means, cov, counts)])
         elif self.covariance_type == "tied":
@@ -936,6 +1019,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         X = X.astype(np.float64, copy=False)
         y = np.concatenate([np.full(int(s), k, dtype=np.int64) for k, s in enumerate(counts)])
+        if is_tensor(self.means_):  # fitted on tensors: tensors on the same device
+            import torch
+
+            device = self.means_.device
+            return torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
         return X, y
 
     # -------------------------------------------------------------- information criteria
@@ -952,10 +1040,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return int(cov_params + n_features * K + K - 1)
 
     def _n_effective(self, X, sample_weight) -> float:
-        n = np.asarray(X).shape[0] if sample_weight is None else float(
-            _check_sample_weight(sample_weight, np.asarray(X).shape[0], np.float64).sum()
-        )
-        return float(n)
+        n_rows = X.shape[0] if is_tensor(X) else np.asarray(X).shape[0]
+        if sample_weight is None:
+            return float(n_rows)
+        return float(_check_sample_weight(_to_numpy(sample_weight), n_rows, np.float64).sum())
 
     def bic(self, X, sample_weight=None):
         """Bayesian information criterion (lower is better); weights count as repetitions."""
@@ -984,22 +1072,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _fitted_params(self) -> MixtureParams:
         return MixtureParams(
             self.covariance_type,
-            self.weights_.astype(np.float64),
-            self.means_.astype(np.float64),
-            self.covariances_.astype(np.float64),
-            self.precisions_cholesky_.astype(np.float64),
+            *(
+                _to_numpy(a).astype(np.float64)
+                for a in (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+            ),
         )
 
-    def _set_params_from(self, params: MixtureParams, dtype):
-        self.weights_ = params.weights.astype(dtype)
-        self.means_ = params.means.astype(dtype)
-        self.covariances_ = params.covariances.astype(dtype)
-        self.precisions_cholesky_ = params.precisions_cholesky.astype(dtype)
+    def _set_attributes(self, attrs: dict):
+        """Sets weights_, means_, covariances_, precisions_cholesky_ (NumPy arrays or
+        tensors, in the data's dtype) and precisions_ in the same kind of array."""
+        for name, value in attrs.items():
+            setattr(self, name, value)
         # from the stored (dtype-rounded) factor, in float64: gmmfast.load recomputes
         # precisions_ the same way and gets the same numbers
-        self.precisions_ = _precisions_from_cholesky(
-            self.precisions_cholesky_.astype(np.float64), self.covariance_type
-        ).astype(dtype)
+        U = _to_numpy(self.precisions_cholesky_)
+        precisions = _precisions_from_cholesky(U.astype(np.float64), self.covariance_type).astype(U.dtype)
+        self.precisions_ = _as_tensor(precisions, self.means_.device) if is_tensor(self.means_) else precisions
 
     # scikit-learn's verbose output, word for word
     def _verbose_init_begin(self, n_init):
@@ -1028,6 +1116,29 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         elif self.verbose >= 2:
             t = time() - self._init_prev_time
             print(f"Initialization {msg}. time lapse {t:.5f}s\t lower bound {lb:.5f}.")
+
+
+def _to_numpy(a):
+    """NumPy view/copy of a tensor (host), anything else unchanged."""
+    if is_tensor(a):
+        return a.detach().cpu().numpy()
+    return a
+
+
+def _as_tensor(a, device):
+    import torch
+
+    if is_tensor(a):
+        return a.to(device)
+    return torch.as_tensor(np.asarray(a), device=device)
+
+
+def _torch_dtype(a):
+    import torch
+
+    if is_tensor(a):
+        return a.dtype
+    return torch.float32 if np.asarray(a).dtype == np.float32 else torch.float64
 
 
 class _RunState:
