@@ -162,6 +162,7 @@ class TorchEngine:
             nk.cpu().numpy(),
             s1.cpu().numpy(),
             s2.cpu().numpy(),
+            str(self.X_host.dtype),
         )
         host_params, restarted = est._m_step(stats, self.X_host, self.sw_host, self.to_host(params), state)
         return lower_bound, self.to_device(host_params), restarted

@@ -55,7 +55,8 @@ class EMStats:
       full (K, D, D), tied (D, D) summed over k, diag (K, D), spherical (K,) the trace.
 
     Statistics computed with the same centres add up: the statistics of two chunks of
-    rows, summed with ``+``, equal those of the concatenated rows.
+    rows, summed with ``+``, equal those of the concatenated rows. ``dtype`` is the data's
+    floating dtype, which sets scikit-learn's epsilon in :func:`gmmfast.ops.finalize`.
     """
 
     covariance_type: str
@@ -65,6 +66,7 @@ class EMStats:
     nk: np.ndarray
     s1: np.ndarray
     s2: np.ndarray
+    dtype: str = "float64"
 
     def __add__(self, other: "EMStats") -> "EMStats":
         if not isinstance(other, EMStats):
@@ -78,6 +80,8 @@ class EMStats:
             other.centres, self.centres
         ):
             raise ValueError("cannot add EMStats computed with different centres")
+        if other.dtype != self.dtype:
+            raise ValueError(f"cannot add EMStats of {self.dtype} and {other.dtype} data")
         return EMStats(
             self.covariance_type,
             self.centres,
@@ -86,6 +90,7 @@ class EMStats:
             self.nk + other.nk,
             self.s1 + other.s1,
             self.s2 + other.s2,
+            self.dtype,
         )
 
     @property

@@ -1181,6 +1181,7 @@ def _component_stats(stats: EMStats, k: int) -> EMStats:
         stats.nk[k : k + 1],
         stats.s1[k : k + 1],
         s2,
+        stats.dtype,
     )
 
 
@@ -1203,7 +1204,7 @@ def _weights_and_means(stats: EMStats, dtype):
     K, D = stats.s1.shape
     s2 = np.zeros(param_shape(t, K, D))
     params = ops.finalize(
-        EMStats(t, stats.centres, stats.log_likelihood, stats.weight_sum, stats.nk, stats.s1, s2),
+        EMStats(t, stats.centres, stats.log_likelihood, stats.weight_sum, stats.nk, stats.s1, s2, stats.dtype),
         reg,
         dtype,
     )
@@ -1226,4 +1227,4 @@ def _with_components_neutralised(stats: EMStats, failed) -> EMStats:
             s2[k] = 1.0
         elif stats.covariance_type == "spherical":
             s2[k] = D
-    return EMStats(stats.covariance_type, stats.centres, 0.0, stats.weight_sum, nk, s1, s2)
+    return EMStats(stats.covariance_type, stats.centres, 0.0, stats.weight_sum, nk, s1, s2, stats.dtype)

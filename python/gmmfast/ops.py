@@ -191,10 +191,10 @@ def em_stats(
         K,
         n_threads_arg(n_threads),
     )
-    return EMStats(covariance_type, centres_a.astype(np.float64), ll, wsum, nk, s1, s2)
+    return EMStats(covariance_type, centres_a.astype(np.float64), ll, wsum, nk, s1, s2, str(X.dtype))
 
 
-def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=np.float64) -> MixtureParams:
+def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=None) -> MixtureParams:
     """Statistics to parameters: scikit-learn's M-step, computed in float64.
 
     ``n_k = nk + 10·eps(dtype)`` (scikit-learn's guard against empty components),
@@ -205,8 +205,9 @@ def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=np.float64) -> Mixtu
     ----------
     stats : EMStats
     reg_covar : float, default 1e-6
-    dtype : float32 or float64
-        The data's dtype: sets the epsilon and the error message, as in scikit-learn.
+    dtype : float32 or float64, optional
+        The data's dtype, which sets the epsilon and the error message as in
+        scikit-learn; default: the dtype recorded in ``stats``.
 
     Raises
     ------
@@ -215,7 +216,7 @@ def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=np.float64) -> Mixtu
     """
     if not isinstance(stats, EMStats):
         raise ValueError(f"stats must be an EMStats, got {type(stats).__name__}")
-    dtype = _float_dtype(dtype)
+    dtype = _float_dtype(stats.dtype if dtype is None else dtype)
     nk_eps = 10.0 * float(np.finfo(dtype).eps)
     weights, means, covariances, prec_chol, log_det = _core.finalize(
         stats.covariance_type,

@@ -277,8 +277,11 @@ def em_stats(
     The E-step responsibilities p(k | x_i) are computed from the mixture unless ``resp``
     (N, K) or integer ``labels`` (N,) (one-hot responsibilities) are given; then
     ``log_likelihood`` is 0.0 (nothing was evaluated), while ``weight_sum`` is still
-    Σ g_i. See the module docstring for the formulas. Returns an :class:`EMStats`.
+    Σ g_i. See the module docstring for the formulas. Returns an :class:`EMStats` that
+    records the data's dtype (float32 data keep float32's epsilon in :func:`finalize`).
     """
+    data_dtype = np.asarray(X).dtype
+    data_dtype = "float32" if data_dtype == np.float32 else "float64"
     X, log_weights, means, prec_chol = _check_mixture(
         X, log_weights, means, precisions_cholesky, covariance_type
     )
@@ -343,6 +346,7 @@ def em_stats(
         nk=nk,
         s1=s1,
         s2=s2,
+        dtype=data_dtype,
     )
 
 
@@ -406,14 +410,14 @@ def precision_cholesky(covariances, covariance_type, *, n_features=None):
     return prec_chol, log_det_cholesky(prec_chol, covariance_type, n_features)
 
 
-def finalize(stats: EMStats, reg_covar=1e-6, dtype=np.float64) -> MixtureParams:
+def finalize(stats: EMStats, reg_covar=1e-6, dtype=None) -> MixtureParams:
     """scikit-learn's M-step from summed statistics; float64 parameters.
 
-    ``dtype`` is the dtype of the data the statistics came from: it sets scikit-learn's
-    count floor 10·eps(dtype) and the wording of the ill-defined-covariance error.
-    See the module docstring for the formulas.
+    ``dtype`` is the dtype of the data the statistics came from (default: the one the
+    statistics record): it sets scikit-learn's count floor 10·eps(dtype) and the wording
+    of the ill-defined-covariance error. See the module docstring for the formulas.
     """
-    dtype = _float_dtype(dtype)
+    dtype = _float_dtype(stats.dtype if dtype is None else dtype)
     covariance_type = stats.covariance_type
     _check_covariance_type(covariance_type)
     centres = np.asarray(stats.centres, dtype=np.float64)
