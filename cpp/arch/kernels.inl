@@ -248,11 +248,14 @@ void load_transposed(const T* X, int64_t i0, int64_t n, int64_t D, int64_t Bp, T
 /// Centred directly: (x - μ) is exact for nearby floats, x·p - μ·p is not.
 template <class T>
 void estep_diag(const T* XT, int64_t Bp, int64_t D, int64_t K, const T* mu, const T* P,
-                const T* cst, T* L) {
+                const T* cst, T* L, int64_t rows = -1) {
+    // Bp is the stride of XT and L; `rows` (a multiple of W·kIV, default Bp) how many
+    // leading rows to compute (k-means computes only the undecided rows of a tile).
     using V = Vec<T>;
     constexpr int W = lanes<T>();
     const V half = vsplat<T>(T(0.5));
-    for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV) {
+    const int64_t n_rows = rows < 0 ? Bp : rows;
+    for (int64_t i0 = 0; i0 < n_rows; i0 += W * kIV) {
         for (int64_t k = 0; k < K; ++k) {
             const T* mk = mu + k * D;
             const T* pk = P + k * D;
@@ -310,6 +313,44 @@ void estep_dense(const T* XT, int64_t Bp, int64_t D, int64_t Dj, int64_t K, cons
             for (int v = 0; v < kIV; ++v) vstore(L + k * Bp + i0 + v * W, c - half * sq[v]);
         }
     }
+}
+
+/// Tied E-step. With one U for every component, ‖Uᵀ(x - μ_k)‖² = ‖y - m_k‖² where
+/// y = Uᵀ(x - c̄) is computed once per row and m_k = Uᵀ(μ_k - c̄) once per call (c̄ the
+/// mean of the means): D²/2 + K·D operations per row instead of K·D²/2. In float64, so
+/// that y - m_k, which cancels down to the component's spread, keeps the accuracy of
+/// per-component centring even for float32 data and distant components.
+///   ZT, YT: D x Bp float64 scratch;  M: K x D, m_k;  L[k][i] = cst[k] - ½‖y_i - m_k‖².
+template <class T>
+void estep_tied(const T* XT, int64_t Bp, int64_t D, int64_t Dj, int64_t K, const T* U,
+                const double* cbar, const double* M, const T* cst, double* ZT, double* YT, T* L) {
+    using V = Vec<double>;
+    constexpr int W = lanes<double>();
+    for (int64_t d = 0; d < D; ++d)
+        for (int64_t i = 0; i < Bp; ++i) ZT[d * Bp + i] = double(XT[d * Bp + i]) - cbar[d];
+    for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV)
+        for (int64_t j = 0; j < D; ++j) {  // y_j = Σ_{l <= j} U[l][j] z_l
+            V acc[kIV] = {};
+            for (int64_t l = 0; l <= j; ++l) {
+                const V u = vsplat<double>(double(U[l * Dj + j]));
+                for (int v = 0; v < kIV; ++v) acc[v] += u * vload(ZT + l * Bp + i0 + v * W);
+            }
+            for (int v = 0; v < kIV; ++v) vstore(YT + j * Bp + i0 + v * W, acc[v]);
+        }
+    for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV)
+        for (int64_t k = 0; k < K; ++k) {
+            V acc[kIV] = {};
+            for (int64_t j = 0; j < D; ++j) {
+                const V m = vsplat<double>(M[k * D + j]);
+                for (int v = 0; v < kIV; ++v) {
+                    const V z = vload(YT + j * Bp + i0 + v * W) - m;
+                    acc[v] += z * z;
+                }
+            }
+            const double c = double(cst[k]);
+            for (int v = 0; v < kIV; ++v)
+                for (int q = 0; q < W; ++q) L[k * Bp + i0 + v * W + q] = T(c - 0.5 * acc[v][q]);
+        }
 }
 
 /// Per row of the tile: m_i = max_k L[k][i] and s_i = Σ_k exp(L[k][i] - m_i); when
@@ -439,6 +480,7 @@ struct Prepared {
     std::vector<T> cst;   // log π_k + Σ log diag U_k - D/2 log 2π
     AlignedBuffer<T> U;   // dense: (K or 1) x Dj x Dj, upper triangle, zero padded
     std::vector<T> P;     // diag/spherical: K x D precision Cholesky (spherical expanded)
+    std::vector<double> cbar, M;  // tied: mean of the means, m_k = Uᵀ(μ_k - c̄)  (estep_tied)
     const T* means = nullptr;
 
     void init(const Mixture<T>& mix, bool need_estep, bool tied_rows) {
@@ -483,13 +525,28 @@ struct Prepared {
         cst.resize(K);
         for (int64_t k = 0; k < K; ++k)
             cst[k] = T(double(mix.log_weights[k]) + logdet[k] - 0.5 * double(D) * log2pi);
+        if (cov == Covariance::Tied) {
+            cbar.assign(static_cast<std::size_t>(D), 0.0);
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t d = 0; d < D; ++d) cbar[d] += double(mix.means[k * D + d]) / double(K);
+            M.assign(static_cast<std::size_t>(K * D), 0.0);
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t j = 0; j < D; ++j) {
+                    double v = 0.0;
+                    for (int64_t l = 0; l <= j; ++l)
+                        v += double(U[l * Dj + j]) * (double(mix.means[k * D + l]) - cbar[l]);
+                    M[k * D + j] = v;
+                }
+        }
     }
 
-    /// L = weighted log-densities of the tile (XT).
-    void weighted_log_prob(const T* XT, T* ZT, T* L) const {
-        if (dense)
-            estep_dense(XT, Bp, D, Dj, K, means, U.data(), cov == Covariance::Full ? Dj * Dj : 0,
-                        cst.data(), ZT, L);
+    /// L = weighted log-densities of the tile (XT); ZT (T) and TD (2·D·Bp float64) are
+    /// scratch of the dense paths.
+    void weighted_log_prob(const T* XT, T* ZT, double* TD, T* L) const {
+        if (cov == Covariance::Tied)
+            estep_tied(XT, Bp, D, Dj, K, U.data(), cbar.data(), M.data(), cst.data(), TD, TD + D * Bp, L);
+        else if (dense)
+            estep_dense(XT, Bp, D, Dj, K, means, U.data(), Dj * Dj, cst.data(), ZT, L);
         else
             estep_diag(XT, Bp, D, K, means, P.data(), cst.data(), L);
     }
@@ -499,7 +556,7 @@ struct Prepared {
 template <class T>
 struct TileScratch {
     AlignedBuffer<T> XT, ZT, L, Z, WZ, m, s, g, YT, GT;
-    AlignedBuffer<double> Zd, WZd;
+    AlignedBuffer<double> Zd, WZd, TD;
     std::vector<char> active;        // components with any responsibility in the tile
     std::vector<int64_t> bad_rows;   // rows of the tile with a non-finite log-likelihood
 
@@ -511,7 +568,10 @@ struct TileScratch {
         s.resize(static_cast<std::size_t>(Bp));
         g.resize(static_cast<std::size_t>(Bp));
         active.assign(static_cast<std::size_t>(K), 0);
-        if (dense) ZT.resize(static_cast<std::size_t>(D * Bp));
+        if (dense) {
+            ZT.resize(static_cast<std::size_t>(D * Bp));
+            TD.resize(static_cast<std::size_t>(2 * D * Bp));  // estep_tied's float64 tiles
+        }
         if (full_mstep) {
             const int64_t Dp = padded_cols<T>(D);
             Z.resize(static_cast<std::size_t>(Bp * Dp));
@@ -563,7 +623,7 @@ void tile_responsibilities(const Prepared<T>& prep, const Responsibilities<T>& r
         for (int64_t i = 0; i < n; ++i) L[resp.labels[i0 + i] * Bp + i] = g[i];
         return;
     }
-    prep.weighted_log_prob(ws.XT.data(), ws.ZT.data(), L);
+    prep.weighted_log_prob(ws.XT.data(), ws.ZT.data(), ws.TD.data(), L);
     T* m = ws.m.data();
     T* s = ws.s.data();
     row_logsumexp(L, Bp, K, m, s, /*store_exp=*/true);
@@ -898,8 +958,8 @@ struct DistanceTile {
         ones.assign(static_cast<std::size_t>(m * D), T(1));
         zeros.assign(static_cast<std::size_t>(m), T(0));
     }
-    void operator()(const T* XT, const T* centres, T* L) const {
-        estep_diag(XT, Bp, D, m, centres, ones.data(), zeros.data(), L);
+    void operator()(const T* XT, const T* centres, T* L, int64_t rows = -1) const {
+        estep_diag(XT, Bp, D, m, centres, ones.data(), zeros.data(), L, rows);
     }
 };
 
@@ -930,7 +990,7 @@ RunInfo log_prob(const T* X, int64_t N, const Mixture<T>& mix, LogProbOutput wha
             const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
             load_transposed(X, i0, n, D, Bp, ws.XT.data());
             T* L = ws.L.data();
-            prep.weighted_log_prob(ws.XT.data(), ws.ZT.data(), L);
+            prep.weighted_log_prob(ws.XT.data(), ws.ZT.data(), ws.TD.data(), L);
             if (what == LogProbOutput::Weighted)
                 for (int64_t i = 0; i < n; ++i)
                     for (int64_t k = 0; k < K; ++k) out[(i0 + i) * K + k] = L[k * Bp + i];
@@ -1015,9 +1075,13 @@ Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sam
     const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
     auto w = [&](int64_t i) { return sample_weight ? double(sample_weight[i]) : 1.0; };
 
-    AlignedBuffer<double> closest(static_cast<std::size_t>(N));       // squared distance to the nearest centre
+    AlignedBuffer<double> closest(static_cast<std::size_t>(N));  // squared distance to the nearest centre
     std::vector<double> tile_sum(static_cast<std::size_t>(ntiles));   // Σ_tile w·closest
     std::vector<double> tile_trial(static_cast<std::size_t>(ntiles * trials));
+    // The candidates' squared distances are kept, so that the chosen one updates
+    // `closest` without a second pass over X (unless that would take over 512 MB).
+    const bool keep = double(N) * double(trials) * sizeof(T) <= 512.0 * (1 << 20);
+    AlignedBuffer<T> trial_d2(keep ? static_cast<std::size_t>(N * trials) : 0);
     std::vector<TileScratch<T>> scratch(nt);
     std::vector<T> cand(static_cast<std::size_t>(trials * D));
     DistanceTile<T> dist_trials, dist_one;
@@ -1050,51 +1114,50 @@ Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sam
     double wtotal = 0.0;
     for (double v : wsum) wtotal += v;
     Xoshiro256 rng(seed);
-    int64_t first = search(rng.uniform() * wtotal, wsum, w);
+    const int64_t first = search(rng.uniform() * wtotal, wsum, w);
 
     auto set_centre = [&](int64_t c, int64_t idx) {
         indices[c] = idx;
         std::copy(X + idx * D, X + (idx + 1) * D, centres + c * D);
     };
-    // closest = min(closest, d²(x, centre c)) and the tile sums of w·closest.
-    auto update_closest = [&](int64_t c, bool first_centre) {
-        return parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
-            TileScratch<T>& ws = scratch[tid];
-            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
-            load_transposed(X, i0, n, D, Bp, ws.XT.data());
-            dist_one(ws.XT.data(), centres + c * D, ws.L.data());
-            double sum = 0.0;
-            for (int64_t i = 0; i < n; ++i) {
-                const double d2 = -2.0 * double(ws.L[i]);
-                double& cl = closest[i0 + i];
-                cl = first_centre ? d2 : std::min(cl, d2);
-                sum += w(i0 + i) * cl;
-            }
-            tile_sum[t] = sum;
-        });
-    };
-
     set_centre(0, first);
-    if (update_closest(0, true) == Status::Interrupted) return Status::Interrupted;
+    // closest = d²(x, first centre), and the tile sums of w·closest
+    Status st = parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
+        TileScratch<T>& ws = scratch[tid];
+        const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+        load_transposed(X, i0, n, D, Bp, ws.XT.data());
+        dist_one(ws.XT.data(), centres, ws.L.data());
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+            closest[i0 + i] = -2.0 * double(ws.L[i]);
+            sum += w(i0 + i) * closest[i0 + i];
+        }
+        tile_sum[t] = sum;
+    });
+    if (st == Status::Interrupted) return st;
+
+    std::vector<int64_t> cand_idx(static_cast<std::size_t>(trials));
     for (int64_t c = 1; c < K; ++c) {
         double pot = 0.0;
         for (double v : tile_sum) pot += v;
-        std::vector<int64_t> cand_idx(trials);
         for (int64_t j = 0; j < trials; ++j) {
             const double u = rng.uniform() * pot;
             cand_idx[j] = search(u, tile_sum, [&](int64_t i) { return w(i) * closest[i]; });
             std::copy(X + cand_idx[j] * D, X + (cand_idx[j] + 1) * D, cand.data() + j * D);
         }
-        // Potential of each candidate: Σ_i w_i min(closest_i, d²(x_i, candidate)).
-        Status st = parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
+        // One pass: each candidate's potential Σ_i w_i min(closest_i, d²(x_i, candidate)).
+        st = parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
             TileScratch<T>& ws = scratch[tid];
             const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
             load_transposed(X, i0, n, D, Bp, ws.XT.data());
             dist_trials(ws.XT.data(), cand.data(), ws.L.data());
             for (int64_t j = 0; j < trials; ++j) {
                 double sum = 0.0;
-                for (int64_t i = 0; i < n; ++i)
-                    sum += w(i0 + i) * std::min(closest[i0 + i], -2.0 * double(ws.L[j * Bp + i]));
+                for (int64_t i = 0; i < n; ++i) {
+                    const double d2 = -2.0 * double(ws.L[j * Bp + i]);
+                    if (keep) trial_d2[(i0 + i) * trials + j] = T(d2);
+                    sum += w(i0 + i) * std::min(closest[i0 + i], d2);
+                }
                 tile_trial[t * trials + j] = sum;
             }
         });
@@ -1110,11 +1173,49 @@ Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sam
             }
         }
         set_centre(c, cand_idx[best]);
-        if (update_closest(c, false) == Status::Interrupted) return Status::Interrupted;
+        // closest = min(closest, d² to the chosen candidate): from the kept distances, or
+        // (when they were too large to keep) one more pass over X
+        st = parallel_tiles(ntiles, nt, exec.cancel, init, [&](int64_t t, int tid) {
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            const T* d2row = nullptr;
+            if (!keep) {
+                TileScratch<T>& ws = scratch[tid];
+                load_transposed(X, i0, n, D, Bp, ws.XT.data());
+                dist_one(ws.XT.data(), centres + c * D, ws.L.data());
+                d2row = ws.L.data();
+            }
+            double sum = 0.0;
+            for (int64_t i = 0; i < n; ++i) {
+                const double d2 = keep ? double(trial_d2[(i0 + i) * trials + best]) : -2.0 * double(d2row[i]);
+                double& cl = closest[i0 + i];
+                cl = std::min(cl, d2);
+                sum += w(i0 + i) * cl;
+            }
+            tile_sum[t] = sum;
+        });
+        if (st == Status::Interrupted) return st;
     }
     return Status::Ok;
 }
 
+/// Squared Euclidean distance in the data's precision (as the distance tiles compute it).
+template <class T>
+inline double sqdist(const T* x, const T* c, int64_t D) {
+    T acc = T(0);
+    for (int64_t d = 0; d < D; ++d) {
+        const T z = x[d] - c[d];
+        acc += z * z;
+    }
+    return double(acc);
+}
+
+/// Lloyd's algorithm with Hamerly's bounds (Hamerly 2010): each point keeps an upper
+/// bound on the distance to its centre and a lower bound on the distance to every
+/// other centre; a point whose bounds already prove its label is not re-examined. The
+/// labels, and so the centres, are those of plain Lloyd iterations (the bounds only
+/// skip distance computations whose outcome is known), while after the first few
+/// iterations most points are skipped. Bounds carry a rounding margin so that the
+/// data's floating-point distances never violate them.
 template <class T>
 KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* sample_weight,
                           T* centres, int64_t* labels, int max_iter, double tol,
@@ -1123,74 +1224,136 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     const int64_t Bp = tile_rows<T>(D, K, false);
     const int64_t ntiles = (N + Bp - 1) / Bp;
     const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
+    constexpr int kBlock = lanes<T>() * kIV;
     DistanceTile<T> dist;
     dist.init(D, K, Bp);
-    AlignedBuffer<T> mind(static_cast<std::size_t>(N));  // squared distance to the assigned centre
+    auto w = [&](int64_t i) { return sample_weight ? double(sample_weight[i]) : 1.0; };
+    // relative error of a distance computed in T: d² sums D non-negative rounded terms
+    const double slack = (double(D) + 8.0) * double(std::numeric_limits<T>::epsilon());
+    AlignedBuffer<double> upper(static_cast<std::size_t>(N)), lower(static_cast<std::size_t>(N));
+    std::vector<double> half_sep(static_cast<std::size_t>(K)), shift(static_cast<std::size_t>(K));
     std::vector<TileScratch<T>> scratch(nt);
     struct Acc {
         std::vector<double> sums, counts;
+        std::vector<int64_t> todo;
         int64_t changed = 0;
         double inertia = 0.0;
     };
     std::vector<Acc> acc(nt);
-    auto w = [&](int64_t i) { return sample_weight ? double(sample_weight[i]) : 1.0; };
     for (int64_t i = 0; i < N; ++i) labels[i] = -1;
+    auto init_thread = [&](int tid) {
+        scratch[tid].init(Bp, D, K, false, false, false);
+        acc[tid].sums.assign(static_cast<std::size_t>(K * D), 0.0);
+        acc[tid].counts.assign(static_cast<std::size_t>(K), 0.0);
+        acc[tid].todo.reserve(static_cast<std::size_t>(Bp));
+        acc[tid].changed = 0;
+        acc[tid].inertia = 0.0;
+    };
 
-    // One pass: labels (nearest centre, lowest index on ties), optionally the sums
-    // Σ w (x - c_label) and weights per cluster, the number of changed labels, inertia.
-    auto pass = [&](bool relabel, bool accumulate) {
-        return parallel_tiles(
-            ntiles, nt, exec.cancel,
-            [&](int tid) {
-                scratch[tid].init(Bp, D, K, false, false, false);
-                acc[tid].sums.assign(static_cast<std::size_t>(K * D), 0.0);
-                acc[tid].counts.assign(static_cast<std::size_t>(K), 0.0);
-                acc[tid].changed = 0;
-                acc[tid].inertia = 0.0;
-            },
-            [&](int64_t t, int tid) {
-                TileScratch<T>& ws = scratch[tid];
-                Acc& a = acc[tid];
-                const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
-                load_transposed(X, i0, n, D, Bp, ws.XT.data());
-                dist(ws.XT.data(), centres, ws.L.data());
-                const T* L = ws.L.data();
-                for (int64_t i = 0; i < n; ++i) {
-                    const int64_t row = i0 + i;
-                    int64_t lab;
-                    if (relabel) {
-                        lab = 0;
-                        T best = L[i];
-                        for (int64_t k = 1; k < K; ++k)
-                            if (L[k * Bp + i] > best) {
-                                best = L[k * Bp + i];
-                                lab = k;
-                            }
-                        if (labels[row] != lab) ++a.changed;
-                        labels[row] = lab;
-                    } else {
-                        lab = labels[row];
-                    }
-                    const double d2 = -2.0 * double(L[lab * Bp + i]);
-                    mind[row] = T(d2);
-                    const double wi = w(row);
-                    a.inertia += wi * d2;
-                    if (accumulate) {
-                        a.counts[lab] += wi;
-                        const T* x = X + row * D;
-                        const T* c = centres + lab * D;
-                        double* s = a.sums.data() + lab * D;
-                        for (int64_t d = 0; d < D; ++d) s[d] += wi * double(x[d] - c[d]);
-                    }
+    // Full distances for the listed rows of a tile (compacted into one transposed
+    // block): nearest centre (lowest index on ties) and the bounds.
+    auto assign_rows = [&](TileScratch<T>& ws, Acc& a, int64_t i0, const std::vector<int64_t>& rows) {
+        const int64_t m = int64_t(rows.size());
+        if (m == 0) return;
+        const int64_t padded = round_up(m, kBlock);
+        T* XT = ws.XT.data();
+        for (int64_t j = 0; j < m; ++j) {
+            const T* x = X + (i0 + rows[j]) * D;
+            for (int64_t d = 0; d < D; ++d) XT[d * Bp + j] = x[d];
+        }
+        for (int64_t d = 0; d < D; ++d) std::fill(XT + d * Bp + m, XT + d * Bp + padded, T(0));
+        dist(XT, centres, ws.L.data(), padded);
+        const T* L = ws.L.data();
+        for (int64_t j = 0; j < m; ++j) {
+            int64_t lab = 0;
+            T best = L[j], second = -std::numeric_limits<T>::infinity();
+            for (int64_t k = 1; k < K; ++k) {
+                const T v = L[k * Bp + j];
+                if (v > best) {
+                    second = best;
+                    best = v;
+                    lab = k;
+                } else if (v > second) {
+                    second = v;
                 }
-            });
+            }
+            const int64_t row = i0 + rows[j];
+            if (labels[row] != lab) ++a.changed;
+            labels[row] = lab;
+            upper[row] = std::sqrt(-2.0 * double(best)) * (1.0 + slack);
+            lower[row] = K > 1 ? std::sqrt(std::max(-2.0 * double(second), 0.0)) * (1.0 - slack)
+                               : std::numeric_limits<double>::infinity();
+        }
+    };
+
+    // One assignment pass (bounds first, full distances only where they do not decide)
+    // fused with the centred sums Σ w (x - c_label) of the new labels.
+    auto assign_pass = [&](bool use_bounds) {
+        return parallel_tiles(ntiles, nt, exec.cancel, init_thread, [&](int64_t t, int tid) {
+            TileScratch<T>& ws = scratch[tid];
+            Acc& a = acc[tid];
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            a.todo.clear();
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t row = i0 + i, lab = labels[row];
+                if (!use_bounds || lab < 0) {
+                    a.todo.push_back(i);
+                    continue;
+                }
+                const double m = std::max(half_sep[lab], lower[row]);
+                if (upper[row] <= m) continue;
+                upper[row] = std::sqrt(sqdist(X + row * D, centres + lab * D, D)) * (1.0 + slack);
+                if (upper[row] > m) a.todo.push_back(i);
+            }
+            assign_rows(ws, a, i0, a.todo);
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t row = i0 + i, lab = labels[row];
+                const double wi = w(row);
+                a.counts[lab] += wi;
+                const T* x = X + row * D;
+                const T* c = centres + lab * D;
+                double* s = a.sums.data() + lab * D;
+                for (int64_t d = 0; d < D; ++d) s[d] += wi * double(x[d] - c[d]);
+            }
+        });
+    };
+    // Exact squared distance of every point to its centre (empty-cluster relocation and
+    // the final inertia), optionally relabelling with full distances first.
+    AlignedBuffer<T> mind;
+    auto exact_pass = [&](bool relabel) {
+        if (mind.size() == 0) mind.resize(static_cast<std::size_t>(N));
+        return parallel_tiles(ntiles, nt, exec.cancel, init_thread, [&](int64_t t, int tid) {
+            Acc& a = acc[tid];
+            const int64_t i0 = t * Bp, n = std::min(Bp, N - i0);
+            if (relabel) {
+                a.todo.resize(static_cast<std::size_t>(n));
+                std::iota(a.todo.begin(), a.todo.end(), int64_t(0));
+                assign_rows(scratch[tid], a, i0, a.todo);
+            }
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t row = i0 + i;
+                const double d2 = sqdist(X + row * D, centres + labels[row] * D, D);
+                mind[row] = T(d2);
+                a.inertia += w(row) * d2;
+            }
+        });
+    };
+    auto update_separation = [&]() {
+        for (int64_t j = 0; j < K; ++j) {
+            double best = std::numeric_limits<double>::infinity();
+            for (int64_t k = 0; k < K; ++k)
+                if (k != j) best = std::min(best, sqdist(centres + j * D, centres + k * D, D));
+            half_sep[j] = 0.5 * std::sqrt(best) * (1.0 - slack);
+        }
     };
 
     bool strict = false;
     std::vector<double> sums(static_cast<std::size_t>(K * D)), counts(static_cast<std::size_t>(K));
     std::vector<double> next(static_cast<std::size_t>(K * D));
+    std::vector<T> old(static_cast<std::size_t>(K * D));
+    update_separation();
     for (int it = 0; it < max_iter; ++it) {
-        if (pass(true, true) == Status::Interrupted) {
+        if (assign_pass(it > 0) == Status::Interrupted) {
             res.status = Status::Interrupted;
             return res;
         }
@@ -1204,7 +1367,7 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
             changed += a.changed;
         }
         // Empty clusters take the points farthest from their centres (scikit-learn's
-        // relocation), largest distance first, ties by row.
+        // relocation), largest distance first, ties by row; that needs exact distances.
         std::vector<int64_t> empty;
         for (int64_t k = 0; k < K; ++k)
             if (!(counts[k] > 0.0)) empty.push_back(k);
@@ -1214,6 +1377,10 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
                                       ? double(centres[k * D + d]) + sums[k * D + d] / counts[k]
                                       : double(centres[k * D + d]);
         if (!empty.empty()) {
+            if (exact_pass(false) == Status::Interrupted) {
+                res.status = Status::Interrupted;
+                return res;
+            }
             std::vector<int64_t> order(static_cast<std::size_t>(N));
             std::iota(order.begin(), order.end(), int64_t(0));
             const int64_t m = std::min<int64_t>(int64_t(empty.size()), N);
@@ -1236,10 +1403,11 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
                 for (int64_t d = 0; d < D; ++d) next[to * D + d] = double(x[d]);
             }
         }
-        double shift = 0.0;
+        std::copy(centres, centres + K * D, old.begin());
+        double shift_total = 0.0;
         for (int64_t j = 0; j < K * D; ++j) {
             const double delta = next[j] - double(centres[j]);
-            shift += delta * delta;
+            shift_total += delta * delta;
             centres[j] = T(next[j]);
         }
         res.n_iter = it + 1;
@@ -1247,14 +1415,30 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
             strict = true;
             break;
         }
-        if (shift <= tol) break;
+        if (shift_total <= tol) break;
+        // Move the bounds with the centres (of the values the distances will use).
+        int64_t far = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            shift[k] = std::sqrt(sqdist(centres + k * D, old.data() + k * D, D)) * (1.0 + slack);
+            if (shift[k] > shift[far]) far = k;
+        }
+        double far2 = 0.0;
+        for (int64_t k = 0; k < K; ++k)
+            if (k != far) far2 = std::max(far2, shift[k]);
+        for (int64_t i = 0; i < N; ++i) {
+            const int64_t lab = labels[i];
+            upper[i] += shift[lab];
+            lower[i] -= (lab == far) ? far2 : shift[far];
+        }
+        update_separation();
     }
     res.converged = strict || res.n_iter < max_iter;
     // Labels consistent with the final centres (and the inertia of those labels).
-    if (pass(!strict, false) == Status::Interrupted) {
+    if (exact_pass(!strict) == Status::Interrupted) {
         res.status = Status::Interrupted;
         return res;
     }
+    res.inertia = 0.0;
     for (const Acc& a : acc) res.inertia += a.inertia;
     return res;
 }
