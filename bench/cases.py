@@ -83,18 +83,27 @@ def _rng(case: Case, seed: int) -> np.random.Generator:
     return np.random.default_rng(key)
 
 
+#: spread of the centres, in noise units: centres ~ N(0, (SPREAD/√D)²) per feature, so
+#: two centres are typically SPREAD·√2 ≈ 8.5 apart and a centre's nearest neighbour
+#: about 5 apart, whatever D. A spread that does not shrink with D (e.g. N(0, 2²) per
+#: feature) separates the clusters completely at D=32 (~16 noise units apart).
+CENTRE_SPREAD = 6.0
+
+
 def make_data(case: Case, seed: int = 0):
     """A well-specified mixture: returns (X, true_centres in X's units).
 
-    Centres ~ N(0, 2²) per feature, unit within-cluster noise, so neighbouring clusters
-    overlap somewhat (E-step responsibilities are not all 0/1, which would flatter
-    implementations that skip work). A random quarter of the features is then scaled
-    by 0.3–3, so that covariances are not the identity the iteration starts from.
-    Generated in float64 and cast, so the fp32 case holds the same numbers.
+    Unit within-cluster noise around the centres (see CENTRE_SPREAD): neighbouring
+    clusters overlap somewhat, so a few percent of the points (a quarter for K=256)
+    have no component with responsibility above 0.99 and EM has real work to do;
+    all-0/1 responsibilities would flatter implementations that skip work. A random
+    quarter of the features is then scaled by 0.3–3, so that covariances are not the
+    identity the timed iteration starts from. Generated in float64 and cast, so the
+    fp32 case holds the same numbers.
     """
     rng = _rng(case, seed)
     n, d, k = case.n_samples, case.n_features, case.n_components
-    centres = rng.normal(0.0, 2.0, size=(k, d))
+    centres = rng.normal(0.0, CENTRE_SPREAD / np.sqrt(d), size=(k, d))
     # unequal but not degenerate component weights
     weights = rng.dirichlet(np.full(k, 5.0))
     labels = rng.choice(k, size=n, p=weights)
@@ -134,7 +143,7 @@ def starting_params(case: Case, true_centres: np.ndarray, seed: int = 0) -> Mixt
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "iteration" or "fit"
+    kind: str  # "iteration", "fit" or "fit-same-start"
     min_speedup: float  # gmmfast vs scikit-learn
     description: str
 
@@ -146,6 +155,12 @@ def targets_for(case: Case) -> list:
     problem too but the issue sets no number for it). Full fit, every case: >= 5x
     scikit-learn, final mean log-likelihood within 1e-3 of scikit-learn's or better,
     and lower peak memory.
+
+    The fit target is checked twice. As the issue words it ("fit"), each library
+    starts from its own k-means, and k-means with one initialisation lands in a
+    different local optimum for a different random stream, so the log-likelihood part
+    is partly a draw of k-means luck. "fit-same-start" runs EM from one shared
+    k-means start (scikit-learn through warm_start), where the two must agree.
     """
     per_iteration = {"full64": 5.0, "full32": 5.0, "diag64": 8.0}
     out = []
@@ -154,6 +169,10 @@ def targets_for(case: Case) -> list:
         out.append(Target("iteration", x, f"iteration >= {x:g}x sklearn"))
     out.append(
         Target("fit", 5.0, "fit >= 5x sklearn, LL >= sklearn - 1e-3, peak mem < sklearn")
+    )
+    out.append(
+        Target("fit-same-start", 5.0, "EM from the same k-means start >= 5x sklearn, "
+               "LL >= sklearn - 1e-3")
     )
     return out
 

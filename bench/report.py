@@ -1,0 +1,211 @@
+"""Markdown tables from the harness's result dict (also works on a saved --json file:
+``python bench/report.py results.json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _num(x, digits=3) -> str:
+    """A readable number: 3 significant digits, no exponent for everyday sizes."""
+    if x is None:
+        return "—"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) >= 1e-3 else f"{x:.1e}"
+
+
+def _speedup(row: dict, key="gmmfast_speedup") -> str:
+    return f"{row[key]:.1f}×" if key in row else "—"
+
+
+def _memory(row: dict) -> str:
+    mem = row.get("memory")
+    if not mem:
+        return "—"
+    if "error" in mem:
+        return "failed"
+    return f"{mem['peak_growth_mb']:.1f} MB"
+
+
+def _skipped(row: dict) -> str:
+    why = row["skipped"]
+    return why if why.startswith("failed") else f"skipped ({why})"
+
+
+def _table(header: list, rows: list) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def machine_lines(res: dict) -> list:
+    m = res["machine"]
+    b = m["gmmfast_build_info"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    matmul = ", ".join(
+        f"{dt} {v['gflops']:.1f} GFLOP/s (n={v['n']})" for dt, v in res["matmul"].items()
+    )
+    return [
+        f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, "
+        f"{m['threads']} threads for every library; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'] or [])}",
+        f"- {versions}",
+        f"- gmmfast build: {b.get('compiler')}, {b.get('build_type')}, ISA {b.get('isa')}, "
+        f"OpenMP {b.get('openmp')}; full fit through `{m['gmmfast_fit_api']}`",
+        f"- NumPy matmul: {matmul}",
+        f"- {m['date']}" + (", **--quick sizes**" if res["settings"]["quick"] else ""),
+    ] + _busy_warning(m)
+
+
+def _busy_warning(m: dict) -> list:
+    """Other work on the machine distorts every timing (OpenBLAS threads in particular
+    slow down by 10x and more when they have to share cores): say so in the output."""
+    load = (m.get("load_average") or [0.0])[0]
+    if load <= 0.5:
+        return []
+    return [
+        f"- **WARNING: the machine was busy when the benchmark started (1-min load "
+        f"{load:.1f} on {m['usable_cores'] or m['logical_cores']} cores): timings are "
+        "not representative**"
+    ]
+
+
+def iteration_table(res: dict) -> list:
+    header = [
+        "case", "implementation", "ms / iteration", "gmmfast speed-up", "GFLOP/s",
+        "% of matmul", "extra memory", "agrees with gmmfast",
+    ]
+    rows = []
+    for case in res["cases"]:
+        first = True
+        for name, row in case["iteration"].items():
+            label = f"**{case['name']}** {case['label']}" if first else ""
+            first = False
+            if "skipped" in row:
+                rows.append([label, name, _skipped(row)] + [""] * 5)
+                continue
+            check = row.get("check")
+            if check is None:
+                agrees = "(baseline)" if name == "gmmfast" else "—"
+            else:
+                agrees = ("ok " if check["ok"] else "**NO** ") + f"{check['max_rel_error']:.0e}"
+            rows.append([
+                label, name, _num(row["ms"]), _speedup(row), _num(row["gflops"]),
+                f"{100 * row['matmul_fraction']:.0f}%", _memory(row), agrees,
+            ])
+            if check is not None and not check["ok"]:
+                rows.append([
+                    "", "**WARNING**",
+                    f"{name}'s iteration differs from gmmfast's by {check['max_rel_error']:.1e} "
+                    f"(tolerance {check['tolerance']:.0e}): lower bound "
+                    f"{check['lower_bound']:.1e}, means {check['means']:.1e}, "
+                    f"covariances {check['covariances']:.1e}",
+                ] + [""] * 5)
+    return _table(header, rows)
+
+
+def fit_table(res: dict) -> list:
+    header = [
+        "case", "run", "seconds", "n_iter", "final mean LL", "LL − sklearn",
+        "gmmfast speed-up", "peak extra memory",
+    ]
+    rows = []
+    for case in res["cases"]:
+        first = True
+        for key, row in case["fit"].items():
+            label = f"**{case['name']}**" if first else ""
+            first = False
+            if "skipped" in row:
+                rows.append([label, key, _skipped(row)] + [""] * 5)
+                continue
+            n_iter = f"{row['n_iter']}" + ("" if row["converged"] else " (not converged)")
+            d_ll = row.get("ll_minus_sklearn")
+            rows.append([
+                label, key, _num(row["seconds"]), n_iter, f"{row['lower_bound']:.6f}",
+                "—" if d_ll is None or row["impl"] == "sklearn" else f"{d_ll:+.1e}",
+                _speedup(row), _memory(row),
+            ])
+    return _table(header, rows)
+
+
+def memory_scaling_table(res: dict) -> list:
+    sc = res.get("em_stats_memory")
+    if not sc:
+        return []
+    sizes = [str(n) for n in sc["sizes"]]
+    header = ["em_stats extra memory", *[f"N={int(n):,}" for n in sizes], "data (N=largest)"]
+    rows = []
+    for name, entry in sc["rows"].items():
+        cells = []
+        for n in sizes:
+            r = entry["by_n"].get(n, {})
+            cells.append("failed" if "error" in r else f"{r['peak_growth_mb']:.1f} MB")
+        data = entry["by_n"].get(sizes[-1], {}).get("data_mb")
+        what = "em_stats" if entry["op"] == "em_stats" else "EM iteration"
+        rows.append([f"{name} ({what})", *cells, f"{data:.0f} MB" if data else "—"])
+    return _table(header, rows)
+
+
+def targets_table(res: dict) -> list:
+    rows = [[t["case"], t["target"], t["measured"], f"**{t['result']}**"] for t in res["targets"]]
+    return _table(["case", "target", "measured", "result"], rows)
+
+
+def render(res: dict) -> str:
+    s = res["settings"]
+    lines = ["## gmmfast EM benchmark", ""] + machine_lines(res) + [""]
+    lines += [
+        f"### One EM iteration (E-step + M-step; best of {s['repeat']} after one warm-up)",
+        "",
+        *iteration_table(res),
+        "",
+        "gmmfast speed-up = that row's time / gmmfast's time (same run, same data, same "
+        "starting parameters). GFLOP/s uses the convention "
+        f"{s['flop_convention']}; % of matmul compares it with NumPy's matmul above. "
+        "Extra memory: peak RSS growth of one iteration in a fresh process. "
+        "Agreement: largest relative difference of the lower bound, new means and new "
+        "covariances from gmmfast's (tolerance "
+        + ", ".join(f"{tol:.0e} {dt}" for dt, tol in s["agreement_tolerance"].items())
+        + ").",
+        "",
+    ]
+    if any(c["fit"] for c in res["cases"]):
+        lines += [
+            f"### Full fit (tol={s['tol']}, max_iter={s['max_iter']}, "
+            f"reg_covar={s['reg_covar']})",
+            "",
+            *fit_table(res),
+            "",
+            "`gmmfast` and `sklearn`: complete fits as a user runs them, each with its "
+            "own k-means initialisation (so they may end in different local optima). "
+            "`… EM` rows: EM only, all from gmmfast's k-means start (scikit-learn's own "
+            "fit loop through `warm_start`), so they must agree; their speed-up is vs "
+            "`gmmfast EM`. Final mean LL is the lower bound (scikit-learn's "
+            "`lower_bound_`); LL − sklearn compares with the scikit-learn row that had "
+            "the same kind of start. Peak extra memory: peak RSS growth of the run in a "
+            "fresh process, above the RSS with the data loaded (— = not measured).",
+            "",
+        ]
+    if res.get("em_stats_memory"):
+        sc = res["em_stats_memory"]
+        lines += [
+            f"### Extra memory vs N ({sc['covariance_type']}, D={sc['n_features']}, "
+            f"K={sc['n_components']})",
+            "",
+            *memory_scaling_table(res),
+            "",
+        ]
+    if res["targets"]:
+        lines += ["### Targets (from the issue)", "", *targets_table(res), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python bench/report.py RESULTS.json")
+    with open(sys.argv[1]) as f:
+        print(render(json.load(f)))
