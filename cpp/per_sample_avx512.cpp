@@ -1,0 +1,5 @@
+// The per-sample mixture kernels compiled for the avx512 instruction set (see
+// per_sample_kernels.inl; CMakeLists.txt sets this file's compiler flags).
+#define GMMFAST_ISA_NS isa_avx512
+#define GMMFAST_VBYTES 64
+#include "per_sample_kernels.inl"
