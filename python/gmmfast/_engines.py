@@ -8,6 +8,18 @@ float64 for the NumPy engine, float64 tensors on the data's device for the torch
 engine, whose iteration synchronises with the host once (the lower bound, the
 M-step's failure flag and, with recovery='reseed', the component weights travel in one
 transfer). The rare recovery paths run on host copies through the NumPy code.
+
+The protocol the fit loop (``GaussianMixture._run_em``) uses:
+
+- ``n_features``, ``n_rows`` (rows of non-zero weight, for the collapse rule);
+- ``initial_params(random_state, inits, state)``: the initial mixture on the host;
+- ``to_device(params)`` / ``to_host(params)``;
+- ``step(params, state)`` -> ``(lower_bound, params, restarted)``: one E-step + M-step;
+- ``attributes(params)``: the fitted attributes in the data's dtype and kind of array.
+
+Data that are not one array use the same loop: :class:`gmmfast.streaming.StatsEngine`
+(chunks, Dask blocks) sums the statistics of the parts; the torch engine all-reduces
+them across the ranks of a ``torch.distributed`` process group.
 """
 
 from __future__ import annotations
@@ -40,6 +52,11 @@ class NumpyEngine:
         self.est = estimator
         self.X = X
         self.sw = sample_weight
+        self.n_features = X.shape[1]
+        self.n_rows = X.shape[0] if sample_weight is None else int(np.count_nonzero(sample_weight))
+
+    def initial_params(self, random_state, inits, state):
+        return self.est._initial_params(self.X, self.sw, random_state, inits, state)
 
     def to_device(self, params: MixtureParams) -> MixtureParams:
         return params
@@ -78,7 +95,7 @@ class TorchEngine:
     used by the initialisation and the recovery paths only.
     """
 
-    def __init__(self, estimator, X, X_host: np.ndarray, sample_weight, sw_host):
+    def __init__(self, estimator, X, X_host: np.ndarray, sample_weight, sw_host, group=None):
         import torch
 
         from .torch import _ops  # noqa: F401  (registers the gmmfast:: ops)
@@ -90,6 +107,22 @@ class TorchEngine:
         self.sw = sample_weight
         self.sw_host = sw_host
         self.nk_eps = 10.0 * float(np.finfo(X_host.dtype).eps)
+        self.n_features = X_host.shape[1]
+        self.n_rows = X_host.shape[0] if sw_host is None else int(np.count_nonzero(sw_host))
+        # data parallel: each rank holds a part of the rows; the statistics of every
+        # iteration are summed across the ranks (see gmmfast.torch.distributed)
+        self.group = group
+        self.ranks = None
+        if group is not None:
+            from .torch.distributed import RankData
+
+            self.ranks = RankData(estimator, X_host, sw_host, group)
+            self.n_rows = self.ranks.n_rows
+
+    def initial_params(self, random_state, inits, state):
+        if self.ranks is None:
+            return self.est._initial_params(self.X_host, self.sw_host, random_state, inits, state)
+        return self.ranks.initial_params(random_state, inits, state)
 
     def to_device(self, params: MixtureParams) -> MixtureParams:
         t = self.torch
@@ -133,6 +166,10 @@ class TorchEngine:
             self.sw,
             cov,
         )
+        if self.ranks is not None:
+            # one all-reduce of the statistics per iteration: every rank then computes
+            # the same M-step and lower bound (the global weighted mean)
+            scalars, nk, s1, s2 = self.ranks.all_reduce_tensors(scalars, nk, s1, s2)
         centres = means.double()
         new = t.ops.gmmfast.finalize(nk, s1, s2, centres, state.reg_covar, self.nk_eps, cov)
         pieces = [scalars, new[5].double().reshape(1)]
@@ -165,6 +202,9 @@ class TorchEngine:
             str(self.X_host.dtype),
         )
         host_params, restarted = est._m_step(stats, self.X_host, self.sw_host, self.to_host(params), state)
+        if self.ranks is not None:
+            # a restart picks this rank's worst-explained rows: take rank 0's choice
+            host_params = self.ranks.agree_on(host_params, state)
         return lower_bound, self.to_device(host_params), restarted
 
     def attributes(self, params: MixtureParams) -> dict:
@@ -175,3 +215,17 @@ class TorchEngine:
             "covariances_": params.covariances.to(dt),
             "precisions_cholesky_": params.precisions_cholesky.to(dt),
         }
+
+
+def distributed_group():
+    """The torch.distributed process group a tensor fit all-reduces over, or None (no
+    group initialised, a single rank, or disabled by
+    :func:`gmmfast.torch.distributed.use_group`). Never imports torch.distributed when
+    torch is not loaded."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return None
+    from .torch.distributed import current_group
+
+    return current_group()

@@ -4,6 +4,7 @@
 
     gmmfast demo                              # a guided tour on the Old Faithful data
     gmmfast fit DATA -k 3 -o model.npz        # fit a mixture to a .csv/.txt/.npy file
+    gmmfast fit big.npy -k 3 --chunk-size 1000000   # stream a .npy larger than memory
     gmmfast predict model.npz DATA [-o labels.npy] [--proba]
     gmmfast score model.npz DATA              # mean log-likelihood, BIC, AIC
     gmmfast info [model.npz]                  # a model file, or how gmmfast was built
@@ -61,8 +62,11 @@ def _guess_delimiter(line: str) -> Optional[str]:
 
 
 def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[int] = None,
-              what: str = "data"):
+              what: str = "data", mmap: bool = False):
     """Read a data matrix from a .npy file or a delimited text file (CSV, TSV, spaces).
+
+    With ``mmap`` a .npy file is memory-mapped (read-only), not read: the checks read it
+    block by block, so a file larger than memory can be fitted.
 
     Text files: lines starting with '#' are comments; the delimiter is guessed from the
     first line (',' then tab then ';', else whitespace) unless given; a first line that
@@ -81,7 +85,7 @@ def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[in
     names = None
     if ext == ".npy":
         try:
-            X = np.load(path, allow_pickle=False)
+            X = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (OSError, ValueError, EOFError) as exc:
             raise CLIError(f"{path}: not a readable .npy array ({_one_line(exc)})") from exc
     elif ext == ".npz":
@@ -104,12 +108,15 @@ def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[in
         from . import _core
 
         native = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
-        row = _core.first_nonfinite_row(np.ascontiguousarray(X, dtype=native))
-        if row >= 0:
-            raise CLIError(
-                f"{path}: data row {row + 1} contains NaN or infinity "
-                "(missing values are not supported: remove or impute them)"
-            )
+        # block by block: a memory-mapped file that needs converting is never copied whole
+        block = max(1, (1 << 22) // max(1, X.shape[1])) if isinstance(X, np.memmap) else X.shape[0]
+        for start in range(0, X.shape[0], block):
+            row = _core.first_nonfinite_row(np.ascontiguousarray(X[start : start + block], dtype=native))
+            if row >= 0:
+                raise CLIError(
+                    f"{path}: data row {start + row + 1} contains NaN or infinity "
+                    "(missing values are not supported: remove or impute them)"
+                )
     return X, names
 
 
@@ -377,11 +384,39 @@ def _report_warnings(caught, prefix="warning"):
 # --------------------------------------------------------------------------- commands
 
 
+def _streamed_score(model, X, sw, rows, dtype):
+    """model.score(X, sample_weight=sw), block by block (memory independent of N)."""
+    total = weight = 0.0
+    for start in range(0, X.shape[0], rows):
+        block = np.asarray(X[start : start + rows])
+        if dtype is not None:
+            block = block.astype(dtype, copy=False)
+        ll = _quiet_feature_names(model.score_samples, block).astype(np.float64)
+        if sw is None:
+            total += float(ll.sum())
+            weight += ll.shape[0]
+        else:
+            w = np.asarray(sw[start : start + rows], dtype=np.float64)
+            total += float(np.dot(w, ll))
+            weight += float(w.sum())
+    return total / weight, weight
+
+
 def cmd_fit(args) -> int:
     from .mixture import GaussianMixture
 
-    X, names = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header)
-    if args.dtype:
+    streaming = args.chunk_size is not None or args.mini_batch
+    is_npy = os.path.splitext(os.fspath(args.data))[1].lower() == ".npy"
+    if streaming and not is_npy:
+        raise CLIError(
+            f"{args.data}: --chunk-size and --mini-batch stream .npy files; convert the data "
+            "once with numpy.save, or fit it without them"
+        )
+    # a .npy file is memory-mapped: its rows are read from the file as EM passes over
+    # them (by the page cache, or block by block when streaming)
+    X, names = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header,
+                         mmap=is_npy)
+    if args.dtype and not streaming:
         X = X.astype(args.dtype)
     sw = None if args.weights is None else _load_weights(args.weights, X.shape[0], args)
     if args.n_components > X.shape[0]:
@@ -405,20 +440,44 @@ def cmd_fit(args) -> int:
         n_threads=args.threads,
     )
     start = perf_counter()
+    block_rows = args.chunk_size or 10_000
+    dtype = None
+    if streaming:
+        native = np.float32 if X.dtype == np.float32 else np.float64
+        dtype = np.dtype(args.dtype) if args.dtype else native
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model.fit(X, sample_weight=sw)
+            if args.mini_batch:
+                from .streaming import row_chunks
+
+                model.fit_minibatch(row_chunks(X, block_rows, sw, dtype=dtype),
+                                    max_epochs=args.max_epochs)
+            elif streaming:
+                from .streaming import row_chunks
+
+                model.fit_chunks(row_chunks(X, block_rows, sw, dtype=dtype), init_size=args.init_size)
+            else:
+                model.fit(X, sample_weight=sw)
     finally:
         if progress is not None:
             progress._cancel_timer()
     elapsed = perf_counter() - start
     model.__class__ = GaussianMixture  # a plain estimator for saving and scoring
     _report_warnings(caught)
-    bic = model.bic(X, sample_weight=sw)
-    aic = model.aic(X, sample_weight=sw)
+    from .mixture import _needs_blockwise_conversion
+
+    if streaming or _needs_blockwise_conversion(X):
+        mean_ll, n_eff = _streamed_score(model, X, sw, block_rows, dtype)
+        n_params = model._n_parameters()
+        bic = -2 * mean_ll * n_eff + n_params * math.log(n_eff)
+        aic = -2 * mean_ll * n_eff + 2 * n_params
+    else:
+        bic = model.bic(X, sample_weight=sw)
+        aic = model.aic(X, sample_weight=sw)
 
     out = sys.stdout
+    unit, limit = ("epochs", "--max-epochs") if args.mini_batch else ("iterations", "max_iter")
     feat = f"  ({', '.join(names)})" if names else ""
     print(
         f"Fitted a {model.n_components}-component Gaussian mixture "
@@ -428,8 +487,8 @@ def cmd_fit(args) -> int:
     rows = [
         ("samples", f"{X.shape[0]}" + ("" if sw is None else f" (weights from {args.weights})")),
         ("features", f"{X.shape[1]}{feat}"),
-        ("converged", (f"yes, after {model.n_iter_} iterations" if model.converged_
-                       else f"NO: stopped at max_iter, {model.n_iter_} iterations")
+        ("converged", (f"yes, after {model.n_iter_} {unit}" if model.converged_
+                       else f"NO: stopped at {limit}, {model.n_iter_} {unit}")
          + f" (tol {model.tol:g})"),
         ("lower bound", f"{model.lower_bound_:.6f} (mean log-likelihood per sample)"),
         ("BIC", f"{bic:.4f}"),
@@ -437,6 +496,11 @@ def cmd_fit(args) -> int:
         ("time", f"{_format_seconds(elapsed)} ({_threads(args.threads)} threads, "
                  f"{model.n_init} init{'s' if model.n_init > 1 else ''})"),
     ]
+    if args.mini_batch:
+        rows.insert(3, ("mode", f"mini-batch EM, batches of {args.chunk_size or 10_000} rows, "
+                                f"{model.n_batch_iter_} batches"))
+    elif streaming:
+        rows.insert(3, ("mode", f"streamed in blocks of {args.chunk_size} rows (memory-mapped)"))
     for key, value in rows:
         print(f"  {key:<12} {value}", file=out)
     if args.output:
@@ -860,6 +924,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--progress-interval", type=_nonneg_float, default=1.0, metavar="SECONDS",
                    help=argparse.SUPPRESS)
+    g = p.add_argument_group(
+        "large .npy files",
+        "A .npy file is memory-mapped, never read whole. With --chunk-size, every EM "
+        "iteration streams it in blocks of rows (memory: one block plus the "
+        "initialisation sample, whatever the file's size; k-means runs on a random sample "
+        "of --init-size rows). With --mini-batch, online EM runs over the blocks instead.")
+    g.add_argument("--chunk-size", type=_positive_int, default=None, metavar="ROWS",
+                   help="stream the file in blocks of ROWS rows (exact EM)")
+    g.add_argument("--init-size", type=_positive_int, default=None, metavar="ROWS",
+                   help="rows of the random sample k-means initialises from when streaming "
+                        "(default 100000, at most 64 MiB)")
+    g.add_argument("--mini-batch", action="store_true",
+                   help="mini-batch (online) EM over blocks of --chunk-size rows (default 10000)")
+    g.add_argument("--max-epochs", type=_positive_int, default=10, metavar="N",
+                   help="passes over the data with --mini-batch (default 10)")
     _add_data_options(p)
     p.set_defaults(func=cmd_fit)
 

@@ -9,7 +9,10 @@ Same constructor, methods, fitted attributes and semantics as
   ill-defined ("reg_covar" raises the regularisation, "reseed" restarts the component);
   the default, None, raises scikit-learn's error like scikit-learn;
 - ``n_threads`` for the OpenMP kernels;
-- ``save(path)`` / :func:`gmmfast.load` in a portable, pickle-free format.
+- ``save(path)`` / :func:`gmmfast.load` in a portable, pickle-free format;
+- data beyond one array in memory: memory-mapped and Dask arrays in ``fit``,
+  ``fit_chunks`` (exact EM over chunks), ``partial_fit`` / ``fit_minibatch`` (online EM)
+  and data-parallel torch fits under ``torch.distributed``.
 
 float32 data are fitted with float32 kernels (statistics accumulated in float64) and the
 fitted parameters are float32, as scikit-learn keeps them; float64 stays float64; other
@@ -189,8 +192,9 @@ def _check_finite(X: np.ndarray, name: str = "X"):
         )
 
 
-def _check_sample_weight(sample_weight, n_samples: int, dtype) -> Optional[np.ndarray]:
-    """scikit-learn's _check_sample_weight, plus 'finite' and 'not all zero'."""
+def _check_sample_weight(sample_weight, n_samples: int, dtype, allow_zero_sum=False) -> Optional[np.ndarray]:
+    """scikit-learn's _check_sample_weight, plus 'finite' and 'not all zero' (unless
+    ``allow_zero_sum``: one part of distributed data may carry no weight)."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, numbers.Number):
@@ -208,9 +212,39 @@ def _check_sample_weight(sample_weight, n_samples: int, dtype) -> Optional[np.nd
         raise ValueError("sample_weight must be finite")
     if np.any(sw < 0):
         raise ValueError("Negative values in data passed to `sample_weight`")
-    if not sw.sum() > 0:
+    if not allow_zero_sum and not sw.sum() > 0:
         raise ValueError("sample_weight must not sum to zero")
     return np.ascontiguousarray(sw)
+
+
+def _is_dask_array(X) -> bool:
+    """True for a dask.array.Array, without importing dask when it is not loaded."""
+    import sys
+
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(X, getattr(da, "Array", ()))
+
+
+def _is_memory_mapped(X) -> bool:
+    import mmap
+
+    base = X
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
+def _needs_blockwise_conversion(X) -> bool:
+    """A 2-D memory-mapped array that fit could only use after converting all of it
+    (another dtype or byte order, or not C-contiguous)."""
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind not in "fiub":
+        return False
+    if not _is_memory_mapped(X):
+        return False
+    native = X.dtype == np.float32 or X.dtype == np.float64
+    return not (native and X.flags.c_contiguous)
 
 
 def _check_shape(param, shape, name):
@@ -323,6 +357,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     methods, fitted attributes and results are scikit-learn's (see its documentation);
     only the extras are described here.
 
+    Beyond one array in memory: ``fit`` takes memory-mapped arrays
+    (``np.load(path, mmap_mode="r")``) without copying them and ``dask.array.Array``
+    data (see :mod:`gmmfast.dask`); :meth:`fit_chunks` runs exact EM over data given as
+    chunks, one pass per iteration; :meth:`partial_fit` (online EM) and
+    :meth:`fit_minibatch` (mini-batch EM); a torch-tensor fit inside an initialised
+    ``torch.distributed`` process group all-reduces the statistics of every iteration
+    (see :mod:`gmmfast.torch.distributed`).
+
     Parameters
     ----------
     n_components : int, default=1
@@ -357,6 +399,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Both are deterministic; a warning reports that recovery happened.
     n_threads : int, default=None
         OpenMP threads of the kernels (None: OMP_NUM_THREADS or all cores).
+    learning_decay : float in (0.5, 1.0], default=0.7
+        κ of the step size of online EM (:meth:`partial_fit`, :meth:`fit_minibatch`):
+        the t-th chunk (t = 1, 2, ...) moves the running statistics by
+        η_t = (learning_offset + t)^(−learning_decay) (Cappé & Moulines 2009); κ in
+        (0.5, 1] makes Σ η_t diverge and Σ η_t² converge, as stochastic approximation
+        needs. Smaller κ forgets old chunks faster. Not used by :meth:`fit`.
+    learning_offset : float >= 0, default=10.0
+        τ₀ of the step size above: larger values make the first steps smaller.
 
     Attributes
     ----------
@@ -372,6 +422,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         only when recovery raised it).
     n_reseeds_ : int
         Components restarted by recovery='reseed' in the kept run (0 otherwise).
+    n_batch_iter_ : int
+        Chunks seen by online EM since it started (only after :meth:`partial_fit` or
+        :meth:`fit_minibatch`).
     """
 
     def __init__(
@@ -393,6 +446,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose_interval=10,
         recovery=None,
         n_threads=None,
+        learning_decay=0.7,
+        learning_offset=10.0,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -410,6 +465,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose_interval = verbose_interval
         self.recovery = recovery
         self.n_threads = n_threads
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
 
     # ------------------------------------------------------------------ parameter checks
 
@@ -464,6 +521,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise _interval_error("recovery", "None, 'reg_covar' or 'reseed'", self.recovery)
         if self.n_threads is not None:
             _check_int("n_threads", self.n_threads, 1)
+        kappa = self.learning_decay
+        if (
+            isinstance(kappa, bool)
+            or not isinstance(kappa, numbers.Real)
+            or not (0.5 < kappa <= 1.0)
+        ):
+            raise _interval_error("learning_decay", "a float in the range (0.5, 1.0]", kappa)
+        _check_real("learning_offset", self.learning_offset, 0.0)
 
     def _validate_X(self, X, *, reset: bool, min_samples: int = 1) -> np.ndarray:
         # scikit-learn's validate_data order: feature names, check_array, n_features
@@ -549,12 +614,327 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Validate, run EM, set the fitted attributes; returns the validated X (NumPy, or
         a tensor on its device when X is a torch tensor)."""
         self._check_params()
+        self.__dict__.pop("_online", None)  # a new fit ends online EM
         if is_tensor(X):
             return self._fit_tensor(X, sample_weight)
+        if _is_dask_array(X):
+            from .dask import _fit_dask
+
+            return _fit_dask(self, X, sample_weight)
+        if _needs_blockwise_conversion(X):
+            # a memory-mapped array that is not C-contiguous float32/float64: converting
+            # it would copy all of it, so it is streamed by blocks of rows instead
+            return self._fit_memmap_by_blocks(X, sample_weight)
         X = self._validate_X(X, reset=True, min_samples=2)
         sw = self._fit_weights(X, sample_weight)
-        self._run_em(NumpyEngine(self, X, sw), X, sw)
+        self._run_em(NumpyEngine(self, X, sw))
         return X
+
+    def _fit_memmap_by_blocks(self, X, sample_weight):
+        from .streaming import row_chunks
+
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight)
+            if sample_weight.shape != (X.shape[0],):
+                raise ValueError(
+                    f"sample_weight.shape == {sample_weight.shape}, expected {(X.shape[0],)}!"
+                )
+        dtype = np.float32 if X.dtype.kind == "f" and X.dtype.itemsize == 4 else np.float64
+        rows = max(1024, (1 << 18) // max(1, X.shape[1]))  # blocks of ~256k values
+        self._fit_stream(row_chunks(X, rows, sample_weight, dtype=dtype), None, name="X")
+        return X
+
+    # ------------------------------------------------------------ data beyond one array
+
+    def fit_chunks(self, chunks, y=None, *, init_size=None):
+        """Exact EM over data given as chunks of rows, one pass over the chunks per
+        iteration: memory is one chunk plus the initialisation sample, whatever the
+        number of rows.
+
+        Each iteration sums the statistics (:func:`gmmfast.ops.em_stats`) of every chunk
+        and runs one M-step, so the result is the in-memory fit of the concatenated
+        chunks (up to the order of floating-point sums) from the same initial mixture.
+
+        Parameters
+        ----------
+        chunks : sequence, callable or iterable
+            The data, chunk by chunk: a list/tuple of arrays (n_i, n_features) or of
+            pairs ``(X_i, sample_weight_i)``; or a function with no arguments returning a
+            new iterator over them on every call (a generator function, or
+            :func:`gmmfast.streaming.row_chunks` over a memory-mapped array). Every pass
+            must give the same rows in the same order. All chunks have the same dtype
+            (float32 chunks are fitted in float32).
+        y : ignored
+        init_size : int, default=None
+            Rows of the initialisation sample (default: 100 000, at most 64 MiB of rows,
+            at least 50 per component).
+
+        Returns
+        -------
+        self
+
+        Notes
+        -----
+        Initialisation: a first pass validates every chunk (shape, dtype, finite
+        values, weights) and draws a uniform random sample of ``init_size`` rows
+        (reservoir sampling, Li's Algorithm L). ``init_params`` then works on that
+        sample: 'kmeans' runs k-means on it and labels every row of the data by its
+        nearest centre (one more pass);
+        'k-means++' and 'random_from_data' pick their rows from it; 'random' draws
+        scikit-learn's random responsibilities for every row. Data of at most
+        ``init_size`` rows are their own sample (no random number is drawn for it), so
+        the fit then equals ``fit`` of the concatenated chunks. Given ``weights_init``,
+        ``means_init`` and ``precisions_init`` the sample only serves recovery='reseed',
+        which restarts a collapsed component at the worst-explained row of the sample.
+        """
+        from .streaming import ChunkSource
+
+        self._check_params()
+        self.__dict__.pop("_online", None)
+        source = ChunkSource(chunks)
+        if not source.reiterable:
+            raise TypeError(
+                "chunks is a one-shot iterator (a generator object): EM needs one pass per "
+                "iteration; pass a list of arrays or a function that returns a new iterator, "
+                "e.g. `gm.fit_chunks(lambda: my_chunks())`"
+            )
+        if init_size is not None:
+            _check_int("init_size", init_size, 1)
+        self._fit_stream(source, init_size)
+        return self
+
+    def _fit_stream(self, chunks, init_size, name="chunks"):
+        from .streaming import ChunkData, ChunkSource, StatsEngine
+
+        source = chunks if isinstance(chunks, ChunkSource) else ChunkSource(chunks, name)
+        data = ChunkData(
+            source, self.n_components, init_size, check_random_state(self.random_state), self.n_threads, name
+        )
+        self.n_features_in_ = data.n_features
+        if data.feature_names is not None:
+            self.feature_names_in_ = data.feature_names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self._run_em(StatsEngine(self, data))
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One step of online (stepwise) EM on a chunk of data.
+
+        The model keeps running statistics s (per-sample averages of em_stats' sums,
+        centred at the current means) and updates them with the chunk's statistics ŝ
+        under the current mixture: s ← (1 − η_t) s + η_t ŝ, then runs the M-step, for
+        the t-th chunk with η_t = (learning_offset + t)^(−learning_decay) (Cappé &
+        Moulines 2009; Liang & Klein 2009). When the M-step moves the means, s is
+        re-centred exactly at them.
+
+        The first call initialises the mixture from its chunk as ``fit`` would
+        (``init_params`` on the chunk, or the given *_init; the chunk needs at least
+        n_components rows) and starts s at the statistics of that mixture; on a fitted
+        model (after ``fit``, ``fit_chunks`` or :func:`gmmfast.load`) it starts from the
+        fitted mixture. ``fit`` ends online EM; ``n_init`` does not apply.
+
+        The fitted attributes are updated after every call; ``lower_bound_`` is the
+        chunk's mean log-likelihood under the mixture before the step, and
+        ``n_batch_iter_`` counts the chunks. Runs on the CPU kernels (tensors are copied
+        to the host).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        if is_tensor(X):
+            X = X.detach().cpu().numpy()
+        online = self.__dict__.get("_online")
+        if online is None:
+            online, X, sw = self._start_online(X, sample_weight)
+        else:
+            X, sw = self._online_chunk(X, sample_weight, online)
+        ll, W = self._online_step(online, X, sw)
+        self._end_online(online, [ll / W], False)
+        return self
+
+    def fit_minibatch(self, X, y=None, sample_weight=None, *, batch_size=None, max_epochs=10, shuffle=True):
+        """Mini-batch EM: online EM (see :meth:`partial_fit`) over the data in batches,
+        for several epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or chunks
+            An array (a memory-mapped one is read batch by batch, never whole), or
+            chunks as for :meth:`fit_chunks` (a list of arrays or ``(X, weights)``
+            pairs, or a function returning a new iterator of them; a one-shot iterator
+            allows one epoch).
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Only with an array X (chunks carry their own weights).
+        batch_size : int, default=None
+            Rows per batch: an array is cut into blocks of ``batch_size`` consecutive
+            rows; chunks larger than it are cut too. Default: 10 000 rows, or
+            100 per component if more, for arrays; the chunks as given.
+        max_epochs : int, default=10
+            Passes over the data. EM stops earlier when the mean log-likelihood of an
+            epoch (accumulated over its batches, under the mixture of each batch)
+            changes by less than ``tol`` from the previous epoch.
+        shuffle : bool, default=True
+            Visit the blocks of an array in a new random order every epoch
+            (``random_state``); rows inside a block stay together, so shuffle sorted
+            data beforehand. Chunks are visited in their order.
+
+        The mixture is initialised from the first batch as by :meth:`partial_fit`
+        (k-means on it, or the given *_init), or continues from the fitted one with
+        ``warm_start=True``. ``n_iter_`` counts epochs, ``lower_bounds_`` holds the
+        epoch means, ``n_batch_iter_`` the batches.
+
+        Returns
+        -------
+        self
+        """
+        from .streaming import ChunkSource, is_chunk_source
+
+        self._check_params()
+        _check_int("max_epochs", max_epochs, 1)
+        if batch_size is not None:
+            _check_int("batch_size", batch_size, 1)
+        from_fitted = bool(self.warm_start and hasattr(self, "means_"))
+        if not from_fitted:
+            self.__dict__.pop("_online", None)
+        names = None
+        random_state = check_random_state(self.random_state)
+        if is_chunk_source(X):
+            if sample_weight is not None:
+                raise ValueError("sample_weight must be None when X is chunks: pass (X, weights) pairs")
+            source = ChunkSource(X, "X")
+            if max_epochs > 1 and not source.reiterable:
+                raise TypeError(
+                    "X is a one-shot iterator (a generator object), which allows one epoch: "
+                    "pass max_epochs=1, or a function that returns a new iterator"
+                )
+
+            def batches():
+                for item in source:
+                    Xc, wc = item if isinstance(item, tuple) else (item, None)
+                    n = len(Xc)
+                    step = n if batch_size is None else batch_size
+                    for start in range(0, n, max(step, 1)):
+                        yield Xc[start : start + step], (None if wc is None else wc[start : start + step])
+
+        else:
+            if is_tensor(X):
+                X = X.detach().cpu().numpy()
+            if not isinstance(X, np.ndarray):
+                names = _feature_names(X)  # lists, data frames: converted once
+                X = _as_2d_float(X)
+            elif X.ndim != 2:
+                _as_2d_float(X)  # scikit-learn's error for the wrong number of dimensions
+            sw_all = None
+            if sample_weight is not None:
+                sw_all = np.asarray(sample_weight)
+                if sw_all.shape != (X.shape[0],):
+                    raise ValueError(f"sample_weight.shape == {sw_all.shape}, expected {(X.shape[0],)}!")
+            size = batch_size or max(10_000, 100 * self.n_components)
+            starts = np.arange(0, X.shape[0], size)
+
+            def batches():
+                order = random_state.permutation(starts.size) if shuffle else np.arange(starts.size)
+                for j in order:
+                    a = starts[j]
+                    yield X[a : a + size], (None if sw_all is None else sw_all[a : a + size])
+
+        lower_bounds = []
+        converged = False
+        online = self.__dict__.get("_online")
+        for epoch in range(max_epochs):
+            total_ll = total_w = 0.0
+            for Xb, wb in batches():
+                if online is None:
+                    online, Xb, wb = self._start_online(Xb, wb, random_state, from_fitted)
+                else:
+                    Xb, wb = self._online_chunk(Xb, wb, online)
+                ll, W = self._online_step(online, Xb, wb)
+                total_ll += ll
+                total_w += W
+            if online is None:
+                raise ValueError("X gave no data")
+            lower_bounds.append(total_ll / total_w)
+            if epoch > 0 and abs(lower_bounds[-1] - lower_bounds[-2]) < self.tol:
+                converged = True
+                break
+        self._end_online(online, lower_bounds, converged)
+        if names is not None:
+            self.feature_names_in_ = names
+        if not converged:
+            warnings.warn(
+                f"Mini-batch EM did not converge in max_epochs={max_epochs} epoch(s) (the mean "
+                "log-likelihood of the last epochs changed by tol or more). Increase "
+                "max_epochs or tol.",
+                ConvergenceWarning,
+            )
+        return self
+
+    # online EM internals: _online holds a streaming.OnlineState
+
+    def _start_online(self, X, sample_weight, random_state=None, from_fitted=None):
+        from .streaming import OnlineState, implied_stats
+
+        if from_fitted is None:
+            from_fitted = hasattr(self, "means_")
+        if from_fitted:
+            # continue from the fitted mixture
+            X, sw = self._online_chunk(X, sample_weight, None)
+            params = self._fitted_params()
+            dtype = np.dtype(_to_numpy(self.means_).dtype)
+            state = _RunState(getattr(self, "reg_covar_", self.reg_covar), X.shape[0])
+            state.reseeds = 0
+        else:
+            X = self._validate_X(X, reset=True, min_samples=1)
+            sw = self._fit_weights(X, sample_weight)
+            dtype = X.dtype
+            state = _RunState(self.reg_covar, X.shape[0] if sw is None else int(np.count_nonzero(sw)))
+            rs = check_random_state(self.random_state) if random_state is None else random_state
+            inits = self._checked_inits(X.shape[1])
+            params = self._initial_params(X, sw, rs, inits, state)
+        stats = implied_stats(params, state.reg_covar, dtype)
+        online = OnlineState(params, stats, dtype, state)
+        self._online = online
+        return online, X, sw
+
+    def _online_chunk(self, X, sample_weight, online):
+        X = self._validate_X(X, reset=False)
+        dtype = np.dtype(_to_numpy(self.means_).dtype) if online is None else online.dtype
+        if X.dtype != dtype:
+            X = X.astype(dtype)
+        sw = _check_sample_weight(_to_numpy(sample_weight), X.shape[0], X.dtype)
+        return X, sw
+
+    def _online_step(self, online, X, sw):
+        from .streaming import online_update
+
+        return online_update(self, online, X, sw)
+
+    def _end_online(self, online, lower_bounds, converged):
+        p, dt = online.params, online.dtype
+        self._set_attributes(
+            {
+                "weights_": p.weights.astype(dt),
+                "means_": p.means.astype(dt),
+                "covariances_": p.covariances.astype(dt),
+                "precisions_cholesky_": p.precisions_cholesky.astype(dt),
+            }
+        )
+        self.n_batch_iter_ = online.t
+        self.n_iter_ = len(lower_bounds)
+        self.lower_bound_ = float(lower_bounds[-1])
+        self.lower_bounds_ = [float(v) for v in lower_bounds]
+        self.converged_ = bool(converged)
+        self.reg_covar_ = online.run_state.reg_covar
+        self.n_reseeds_ = online.run_state.reseeds
 
     def _fit_tensor(self, X, sample_weight):
         """EM on a torch tensor, on its device (CPU or CUDA), through the gmmfast:: ops.
@@ -572,10 +952,36 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if Xt.dtype not in (torch.float32, torch.float64):
             Xt = Xt.to(torch.float64)
         Xt = Xt.contiguous()
-        X_host = self._validate_X(Xt.cpu().numpy(), reset=True, min_samples=2)
-        sw_host = self._fit_weights(X_host, _to_numpy(sample_weight))
-        sw = None if sw_host is None else torch.as_tensor(sw_host, device=Xt.device)
-        self._run_em(TorchEngine(self, Xt, X_host, sw, sw_host), X_host, sw_host)
+        from ._engines import distributed_group
+
+        group = distributed_group()
+        if group is None:
+            X_host = self._validate_X(Xt.cpu().numpy(), reset=True, min_samples=2)
+            sw_host = self._fit_weights(X_host, _to_numpy(sample_weight))
+            engine = TorchEngine(self, Xt, X_host, None, sw_host)
+        else:
+            # each rank holds a part of the data: the sample-count rules apply to all of
+            # it (checked by the engine), and an error on one rank is raised on all
+            from .torch.distributed import raise_together
+
+            error = None
+            try:
+                X_host = self._validate_X(Xt.cpu().numpy(), reset=True, min_samples=1)
+                sw_host = _check_sample_weight(
+                    _to_numpy(sample_weight), X_host.shape[0], X_host.dtype, allow_zero_sum=True
+                )
+            except ValueError as exc:
+                error = exc
+            raise_together(error, group)
+            try:
+                engine = TorchEngine(self, Xt, X_host, None, sw_host, group=group)
+                error = None
+            except ValueError as exc:
+                error = exc
+            raise_together(error, group)
+        if sw_host is not None:
+            engine.sw = torch.as_tensor(sw_host, device=Xt.device)
+        self._run_em(engine)
         return Xt
 
     def _fit_weights(self, X, sample_weight):
@@ -587,12 +993,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         return _check_sample_weight(sample_weight, n_samples, X.dtype)
 
-    def _run_em(self, engine, X, sw):
+    def _run_em(self, engine):
         """scikit-learn's fit loop (n_init runs, warm start, convergence on the change of
         the mean log-likelihood, ConvergenceWarning) around the engine's iterations.
-        X and sw are NumPy (a host copy for tensors): the initialisation uses them."""
-        n_samples, n_features = X.shape
-        inits = self._checked_inits(n_features)
+        The engine (see _engines.py) holds the data, computes the initial parameters and
+        runs the iterations."""
+        inits = self._checked_inits(engine.n_features)
 
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         n_init = self.n_init if do_init else 1
@@ -602,7 +1008,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             start_reg = max(start_reg, float(getattr(self, "reg_covar_", start_reg)))
         random_state = check_random_state(self.random_state)
         # the collapse rule counts samples that carry weight (zero weight = absent row)
-        n_rows = n_samples if sw is None else int(np.count_nonzero(sw))
+        n_rows = engine.n_rows
         max_lower_bound = -np.inf
         best_lower_bounds = []
         best = best_state = None
@@ -611,7 +1017,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self._verbose_init_begin(init)
             state = _RunState(start_reg, n_rows)
             if do_init:
-                params = engine.to_device(self._initial_params(X, sw, random_state, inits, state))
+                params = engine.to_device(engine.initial_params(random_state, inits, state))
             else:
                 params = engine.to_device(self._fitted_params())
             lower_bound = -np.inf if do_init else self.lower_bound_
@@ -675,12 +1081,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else _check_precisions_init(self.precisions_init, t, K, n_features),
         )
 
-    def _initial_params(self, X, sw, random_state, inits, state) -> MixtureParams:
+    def _initial_params(self, X, sw, random_state, inits, state, initial_stats=None) -> MixtureParams:
+        """The initial mixture: the given *_init, the rest from the M-step of the
+        initial responsibilities. X and sw serve the recovery policy (and set the
+        dtype); ``initial_stats()`` computes the statistics of the initial
+        responsibilities where X is not all of the data (streamed or distributed)."""
         weights_init, means_init, precisions_init = inits
         t = self.covariance_type
         params = None
         if weights_init is None or means_init is None or precisions_init is None:
-            stats = self._initial_stats(X, sw, random_state)
+            if initial_stats is None:
+                stats = self._initial_stats(X, sw, random_state)
+            else:
+                stats = initial_stats()
             if precisions_init is None:
                 # the M-step of the initial responsibilities, under the recovery policy
                 params, _ = self._m_step(stats, X, sw, None, state)
@@ -709,40 +1122,68 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         N, D = X.shape
         K, t = self.n_components, self.covariance_type
         resp = labels = None
+        if self.init_params in ("k-means++", "random_from_data"):
+            # responsibility one at K rows and zero elsewhere: the statistics of those
+            # K rows alone (no n_samples × n_components array; X may be memory-mapped)
+            if self.init_params == "k-means++":
+                _, idx = ops.kmeans_plusplus(
+                    X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
+                )
+            else:
+                rs = np.random.default_rng(seed_from(random_state))
+                idx = rs.choice(N, size=K, replace=False)
+            return self._one_hot_initial_stats(X, sw, np.asarray(idx))
         if self.init_params == "kmeans":
             labels = ops.kmeans(
                 X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
             ).labels
-        elif self.init_params == "k-means++":
-            _, idx = ops.kmeans_plusplus(
-                X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
-            )
-            resp = np.zeros((N, K), dtype=X.dtype)
-            resp[idx, np.arange(K)] = 1
-        elif self.init_params == "random":
-            rs = np.random.default_rng(seed_from(random_state))
-            resp = rs.uniform(size=(N, K)).astype(X.dtype)
-            resp /= resp.sum(axis=1, keepdims=True)
-        else:  # random_from_data
-            rs = np.random.default_rng(seed_from(random_state))
-            idx = rs.choice(N, size=K, replace=False)
-            resp = np.zeros((N, K), dtype=X.dtype)
-            resp[idx, np.arange(K)] = 1
+        else:  # random
+            seed = seed_from(random_state)
         shape_only = dict(
             log_weights=np.zeros(K),
             means=np.zeros((K, D)),
             precisions_cholesky=np.ones(param_shape(t, K, D)),
             covariance_type=t,
-            sample_weight=sw,
-            resp=resp,
-            labels=labels,
             n_threads=self.n_threads,
         )
+
+        def stats(centres):
+            if labels is not None:
+                return ops.em_stats(X, centres=centres, sample_weight=sw, labels=labels, **shape_only)
+            # random responsibilities in blocks of rows (the draws of one
+            # uniform(size=(N, K)) call, block after block), so that no n_samples ×
+            # n_components array is allocated for large data
+            rs = np.random.default_rng(seed)
+            block = max(1, (1 << 22) // K)
+            total = None
+            for start in range(0, N, block):
+                Xb = X[start : start + block]
+                resp = rs.uniform(size=(Xb.shape[0], K)).astype(X.dtype)
+                resp /= resp.sum(axis=1, keepdims=True)
+                wb = None if sw is None else sw[start : start + block]
+                st = ops.em_stats(Xb, centres=centres, sample_weight=wb, resp=resp, **shape_only)
+                total = st if total is None else total + st
+            return total
+
         # pass 1 centres at the data mean; pass 2 at the means it gives, for accuracy
         centre = np.mean(X, axis=0, dtype=np.float64)
-        first = ops.em_stats(X, centres=np.tile(centre, (K, 1)), **shape_only)
+        first = stats(np.tile(centre, (K, 1)))
         _, means = _weights_and_means(first, X.dtype)
-        return ops.em_stats(X, centres=means, **shape_only)
+        return stats(means)
+
+    def _one_hot_initial_stats(self, X, sw, idx) -> EMStats:
+        """Statistics of responsibilities one-hot at rows ``idx`` (component k at row
+        idx[k]), two passes as in _initial_stats; Σ g_i is that of all the rows."""
+        from .streaming import one_hot_stats
+
+        K = self.n_components
+        rows = np.ascontiguousarray(X[idx])
+        w = None if sw is None else np.ascontiguousarray(sw[idx])
+        weight_sum = float(X.shape[0]) if sw is None else float(np.sum(sw, dtype=np.float64))
+        centre = np.mean(X, axis=0, dtype=np.float64)
+        first = one_hot_stats(rows, w, np.tile(centre, (K, 1)), weight_sum, self.covariance_type, self.n_threads)
+        _, means = _weights_and_means(first, X.dtype)
+        return one_hot_stats(rows, w, means, weight_sum, self.covariance_type, self.n_threads)
 
     def _m_step(self, stats: EMStats, X, sw, prev: Optional[MixtureParams], state: "_RunState"):
         """finalize, with the recovery policy for ill-defined or collapsed components.
@@ -878,6 +1319,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # argmax of the weighted log-densities, in row blocks so that memory stays
         # O(block · n_components) whatever n_samples
         block = max(1, (1 << 22) // max(self.n_components, 1))
+        if _is_dask_array(X):  # lazily, block by block where the blocks are
+            return X.map_blocks(
+                lambda b: self._labels(np.asarray(b)), drop_axis=1, dtype=np.int64, meta=np.empty((0,), np.int64)
+            )
         if is_tensor(X):
             import torch
 
@@ -897,6 +1342,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """log_prob of validated X under the fitted mixture, in X's kind of array and on
         its device. scikit-learn computes in the promoted dtype of X and the parameters:
         float32 data under a float64 model are scored in float64."""
+        if _is_dask_array(X):
+            dt = np.result_type(X.dtype, _to_numpy(self.means_).dtype)
+            if output == "sample":
+                return X.map_blocks(
+                    lambda b: self._log_prob(np.asarray(b), output), drop_axis=1, dtype=dt, meta=np.empty((0,), dt)
+                )
+            K = self.n_components
+            return X.map_blocks(
+                lambda b: self._log_prob(np.asarray(b), output), chunks=(X.chunks[0], (K,)), dtype=dt,
+                meta=np.empty((0, 0), dt),
+            )
         if is_tensor(X):
             import torch
 
@@ -933,6 +1389,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _validate_input(self, X):
         """X for predict/score: NumPy through scikit-learn's checks, or a torch tensor
         checked on its device (shape, dtype, finite values)."""
+        if _is_dask_array(X):
+            if X.ndim != 2:
+                raise ValueError(f"Expected 2D array, got {X.ndim}D dask array instead.")
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but GaussianMixture is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            if not (X.dtype == np.float32 or X.dtype == np.float64):
+                X = X.astype(np.float64)
+            return X.rechunk({1: -1}) if X.numblocks[1] > 1 else X
         if not is_tensor(X):
             return self._validate_X(X, reset=False)
         import torch
@@ -965,7 +1432,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._check_is_fitted()
         X = self._validate_input(X)
         lr = self._log_prob(X, "log_resp")
-        return lr.exp() if is_tensor(lr) else np.exp(lr)
+        return lr.exp() if is_tensor(lr) else np.exp(lr)  # (np.exp keeps a dask array lazy)
 
     def score_samples(self, X):
         """Log-likelihood of each sample under the model."""
@@ -977,6 +1444,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._check_is_fitted()
         X = self._validate_input(X)
         ll = _to_numpy(self._log_prob(X, "sample")).astype(np.float64)
+        if _is_dask_array(ll):
+            if sample_weight is None:
+                return float(ll.mean().compute())
+            if _is_dask_array(sample_weight):
+                sw = sample_weight.astype(np.float64)
+            else:
+                sw = np.asarray(sample_weight, np.float64)
+            return float(((ll * sw).sum() / sw.sum()).compute())
         sw = _check_sample_weight(_to_numpy(sample_weight), X.shape[0], np.float64)
         return float(ll.mean() if sw is None else np.dot(sw, ll) / sw.sum())
 
