@@ -8,7 +8,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -156,6 +160,148 @@ struct SignalPoll {
     }
 };
 
+// --------------------------------------------------------- resource limits (issue 8)
+// Before allocating, each call estimates the memory it will need (outputs, per-thread
+// accumulators, parameters in kernel layout, row-block scratch) and raises MemoryError
+// with the size and what to do when that exceeds the memory available, instead of being
+// killed by the OOM killer half-way (Linux overcommits: a large allocation succeeds and
+// the process dies when it touches the pages). Sizes are computed in double: products
+// such as K·D² may not fit in int64.
+
+// -1: measure (runtime.hpp available_memory); 0: never check; > 0: this many bytes are
+// available (tests, and GMMFAST_MEMORY_LIMIT=<bytes> in the environment).
+std::atomic<int64_t> g_memory_limit{-1};
+// Smaller requests skip the check, which reads a few /proc and /sys files.
+constexpr double kMemoryCheckFloor = 64.0 * 1024 * 1024;
+
+std::string format_bytes(double b) {
+    const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    int u = 0;
+    while (b >= 1024.0 && u < 6) {
+        b /= 1024.0;
+        ++u;
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.3g %s", b, units[u]);
+    return buf;
+}
+
+struct MemoryEstimate {
+    std::string op;
+    double total = 0.0;
+    std::vector<std::pair<std::string, double>> parts;
+
+    explicit MemoryEstimate(std::string name) : op(std::move(name)) {}
+    void add(const std::string& what, double bytes) {
+        total += bytes;
+        parts.emplace_back(what, bytes);
+    }
+    /// Raises MemoryError (naming the size, the largest parts and `advice`) when the
+    /// estimate exceeds the available memory.
+    void check(const std::string& advice) const {
+        const int64_t limit = g_memory_limit.load(std::memory_order_relaxed);
+        if (limit == 0) return;
+        double avail;
+        if (limit > 0) {
+            avail = double(limit);
+        } else {
+            if (total < kMemoryCheckFloor) return;
+            const int64_t a = available_memory();
+            // unknown: only refuse what no 64-bit machine could hold
+            avail = a >= 0 ? double(a) : 9.0e18;
+        }
+        if (total <= avail) return;
+        std::vector<std::pair<std::string, double>> sorted = parts;
+        std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+        std::string detail;
+        for (std::size_t i = 0; i < sorted.size() && i < 3; ++i) {
+            if (sorted[i].second <= 0.0) break;
+            detail += (i ? "; " : "") + sorted[i].first + ": " + format_bytes(sorted[i].second);
+        }
+        const std::string msg = "gmmfast." + op + " would need about " + format_bytes(total) + " of memory (" +
+                                detail + "), but only " + format_bytes(avail) + " is available. " + advice;
+        PyErr_SetString(PyExc_MemoryError, msg.c_str());
+        throw py::error_already_set();
+    }
+};
+
+/// Rows per tile as the kernels choose them (arch/kernels.inl tile_rows), on the small
+/// side (the smallest row block), so that thread and tile counts are not underestimated.
+double est_tile_rows(int64_t D, int64_t K, std::size_t item) {
+    const double per_row = (2.0 * double(D) + 2.0 * double(D + 16) + double(K) + 4.0) * double(item);
+    return std::max(8.0, std::min(512.0, std::floor(256.0 * 1024.0 / per_row)));
+}
+
+/// Threads a kernel over N rows will use (never more than its tiles).
+double est_threads(int n_threads, int64_t N, double rows) {
+    return std::max(1.0, std::min(double(resolve_threads(n_threads, false)), std::ceil(double(N) / rows)));
+}
+
+/// Per-thread row-block scratch of the E-step kernels (transposed tile, centred rows,
+/// K x rows log-densities).
+double est_tile_scratch(int64_t D, int64_t K, std::size_t item, bool tied) {
+    const double rows = std::max(64.0, est_tile_rows(D, K, item));
+    double b = rows * (5.0 * double(D + 16) + double(K) + 8.0) * double(item);
+    if (tied) b += rows * 6.0 * double(D + 8) * 8.0;
+    return b;
+}
+
+/// The mixture's parameters as the E-step kernels store them (padded U, or P).
+double est_prepared(Covariance cov, int64_t K, int64_t D, std::size_t item) {
+    const double Dj = double(D + 4);
+    switch (cov) {
+        case Covariance::Full: return double(K) * Dj * Dj * double(item);
+        case Covariance::Tied: return Dj * Dj * double(item) + double(K) * double(D) * 8.0;
+        default: return double(K) * double(D) * double(item);
+    }
+}
+
+double est_param_count(Covariance cov, int64_t K, int64_t D) {
+    switch (cov) {
+        case Covariance::Full: return double(K) * double(D) * double(D);
+        case Covariance::Tied: return double(D) * double(D);
+        case Covariance::Diag: return double(K) * double(D);
+        default: return double(K);
+    }
+}
+
+/// Python access to the limits: tests and ops.py (estimates of NumPy-side buffers).
+void register_resource_limits(py::module_& m) {
+    if (const char* env = std::getenv("GMMFAST_MEMORY_LIMIT")) {
+        char* end = nullptr;
+        const long long v = std::strtoll(env, &end, 10);
+        if (end != env && v >= 0) g_memory_limit.store(v);
+    }
+    m.def(
+        "check_memory",
+        [](const std::string& op, const std::vector<std::pair<std::string, double>>& parts, const std::string& advice) {
+            MemoryEstimate e(op);
+            for (const auto& p : parts) e.add(p.first, p.second);
+            e.check(advice);
+        },
+        "op"_a, "parts"_a, "advice"_a,
+        "Raises MemoryError (naming op, the total, its largest parts and advice) when the parts, "
+        "[(what, bytes), ...], add up to more than the available memory.");
+    m.def("available_memory", &available_memory,
+          "Bytes this process can still allocate (MemAvailable and cgroup limit), -1 when unknown.");
+    m.def(
+        "memory_limit",
+        [](const py::object& limit) {
+            const int64_t before = g_memory_limit.load();
+            if (!limit.is_none()) g_memory_limit.store(limit.cast<int64_t>());
+            return before;
+        },
+        "limit"_a = py::none(),
+        "Gets (and with an argument sets) the memory check: -1 measure, 0 off, > 0 bytes available. "
+        "Returns the previous value.");
+    m.def("single_threaded_after_fork", &single_threaded_after_fork,
+          "True in a process forked after gmmfast had started OpenMP threads: kernels run on one thread.");
+}
+
+const char* kFewerComponents =
+    "Use fewer components or features, a cheaper covariance_type ('diag' or 'spherical' "
+    "instead of 'full'), or fewer threads (n_threads).";
+
 Exec make_exec(int n_threads, SignalPoll& sp) {
     if (n_threads < 0) throw py::value_error("n_threads must be >= 0 (0 = OpenMP's default), got " + std::to_string(n_threads));
     Exec e;
@@ -202,6 +348,16 @@ py::array log_prob_t(const py::array& Xa, const py::handle& lw, const py::handle
     const int64_t N = X.shape(0), D = X.shape(1);
     PyMixture<T> mix(lw, mu, pc, cov, D, checks);
     const int64_t K = mix.view.K;
+    {  // resource limits (issue 8)
+        MemoryEstimate m("log_prob");
+        const bool per_sample = what == LogProbOutput::Sample;
+        m.add(per_sample ? "output (n_samples,)" : "output (n_samples, n_components)",
+              double(N) * (per_sample ? 1.0 : double(K)) * double(sizeof(T)));
+        m.add("parameters in kernel layout", est_prepared(cov, K, D, sizeof(T)));
+        m.add("per-thread row blocks", est_threads(n_threads, N, est_tile_rows(D, K, sizeof(T))) *
+                                           est_tile_scratch(D, K, sizeof(T), false));
+        m.check("Pass fewer rows per call (GaussianMixture.predict works in row blocks), or use fewer components.");
+    }
     py::array_t<T> out = what == LogProbOutput::Sample ? py::array_t<T>({N}) : py::array_t<T>({N, K});
     SignalPoll sp;
     Exec exec = make_exec(n_threads, sp);
@@ -283,6 +439,22 @@ CArray<T> optional_weights(const py::object& sw, int64_t N, bool allow_negative)
     return w;
 }
 
+/// Finite inputs can still give non-finite statistics when the per-row products
+/// r·(x - c)(x - c)ᵀ, formed in T, overflow (float32: |x - c| beyond ~1.8e19): a clear
+/// error instead of returning inf/NaN statistics (issue 8).
+template <class T>
+void check_finite_stats(double ll, double wsum, std::initializer_list<const py::array_t<double>*> arrays) {
+    bool finite = std::isfinite(ll) && std::isfinite(wsum);
+    for (const auto* a : arrays)
+        for (py::ssize_t j = 0; finite && j < a->size(); ++j) finite = std::isfinite(a->data()[j]);
+    if (finite) return;
+    const std::string dtype = sizeof(T) == 4 ? "float32" : "float64";
+    throw py::value_error("The statistics of X are not finite: " + dtype +
+                          " arithmetic overflowed (the squared deviations of X from the centres, or the sample "
+                          "weights times them, exceed the largest " + dtype +
+                          "). Scale the data" + (sizeof(T) == 4 ? ", or pass float64 data." : "."));
+}
+
 template <class T>
 py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle& mu,
                      const py::handle& pc, Covariance cov, const py::object& centres_obj,
@@ -348,6 +520,27 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
     // Without the E-step no log-likelihood exposes a non-finite row: check X directly.
     if (!estep && checks) check_finite_X(X, n_threads);
 
+    {  // resource limits (issue 8)
+        MemoryEstimate m("em_stats");
+        const double rows = est_tile_rows(D, K, sizeof(T));
+        const double nt = est_threads(n_threads, N, rows);
+        const double Dp = double(D + 16), Dq = double(D + 8), KD = double(K) * double(D);
+        double acc = (KD + double(K)) * 8.0;  // s1, nk
+        switch (cov) {
+            case Covariance::Full: acc += double(K) * Dp * Dp * 8.0; break;
+            case Covariance::Tied: acc += (Dq * Dq + double(K) * double(K)) * 8.0; break;
+            default: acc += KD * 8.0; break;
+        }
+        char threads[64];
+        std::snprintf(threads, sizeof threads, "per-thread accumulators (%.0f threads)", nt);
+        m.add(threads, nt * acc);
+        m.add("merged statistics", acc + (est_param_count(cov, K, D) + KD) * 8.0);
+        if (estep) m.add("parameters in kernel layout", est_prepared(cov, K, D, sizeof(T)));
+        m.add("per-thread row blocks",
+              nt * (est_tile_scratch(D, K, sizeof(T), cov == Covariance::Tied) +
+                    (cov == Covariance::Full ? 2.0 * rows * Dp * double(sizeof(T)) : 0.0)));
+        m.check(kFewerComponents);
+    }
     py::array_t<double> nk({K}), s1({K, D});
     std::vector<int64_t> s2shape = param_shape(cov, K, D);
     py::array_t<double> s2(s2shape);
@@ -367,6 +560,7 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
     // so NaN propagates as in torch, instead of the row silently dropping out.
     if (!checks && info.first_bad_row >= 0 && estep) st.log_likelihood = std::numeric_limits<double>::quiet_NaN();
     check_rows(info.status, checks ? info.first_bad_row : -1, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
+    if (checks) check_finite_stats<T>(st.log_likelihood, st.weight_sum, {&nk, &s1, &s2});
     return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2);
 }
 
@@ -402,6 +596,14 @@ py::array log_prob_grad_x_t(const py::array& Xa, const py::handle& lw, const py:
     }
     CArray<T> weights;
     if (!sw.is_none()) weights = optional_weights<T>(sw, N, true);
+    {  // resource limits (issue 8)
+        MemoryEstimate m("log_prob_grad_x");
+        m.add("output (n_samples, n_features)", double(N) * double(D) * double(sizeof(T)));
+        m.add("parameters in kernel layout", est_prepared(cov, K, D, sizeof(T)));
+        m.add("per-thread row blocks", est_threads(n_threads, N, est_tile_rows(D, K, sizeof(T))) *
+                                           est_tile_scratch(D, K, sizeof(T), false) * 1.5);
+        m.check("Pass fewer rows per call, or use fewer components.");
+    }
     py::array_t<T> grad({N, D});
     SignalPoll sp;
     Exec exec = make_exec(n_threads, sp);
@@ -466,6 +668,14 @@ py::tuple py_finalize(const std::string& cov_s, const py::handle& nk_o, const py
     for (int64_t k = 0; k < K; ++k) total += nk.data()[k] + nk_eps;
     if (!(total > 0.0)) throw py::value_error("the statistics carry no weight (sum of nk <= 0)");
 
+    {  // resource limits (issue 8)
+        MemoryEstimate m("finalize");
+        const double P = est_param_count(cov, K, D);
+        m.add("covariances and precision Cholesky factors", 2.0 * P * 8.0);
+        m.add("weights and means", (3.0 * double(K) + 2.0 * double(K) * double(D)) * 8.0);
+        m.add("per-thread Cholesky workspace", double(resolve_threads(0, false)) * double(D) * double(D) * 8.0);
+        m.check(kFewerComponents);
+    }
     std::vector<int64_t> pshape = param_shape(cov, K, D);
     py::array_t<double> weights({K}), means({K, D}), covariances(pshape), prec_chol(pshape), log_det({K});
     FinalizeOutput out;
@@ -515,6 +725,17 @@ py::tuple py_precision_cholesky(const py::handle& cov_o, const std::string& cov_
             D = 1;
             break;
     }
+    // The factorisation reads one triangle only: a NaN or inf in the other must not pass
+    // unnoticed (issue 8; the reference rejects it with the same message).
+    for (py::ssize_t j = 0; j < c.size(); ++j)
+        if (!std::isfinite(c.data()[j]))
+            throw py::value_error(std::string(kIllDefined) + (float32_message ? kIllDefinedF32 : ""));
+    {  // resource limits (issue 8)
+        MemoryEstimate m("precision_cholesky");
+        m.add("precision Cholesky factors", double(c.size()) * 8.0 + double(K) * 8.0);
+        m.add("per-thread Cholesky workspace", double(resolve_threads(0, false)) * double(D) * double(D) * 8.0);
+        m.check(kFewerComponents);
+    }
     std::vector<int64_t> pshape = shape_of(c);
     py::array_t<double> prec(pshape), log_det({K});
     int64_t failed;
@@ -547,6 +768,18 @@ py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::
             if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
         }
         check_finite_X(X, n_threads);
+        {  // resource limits (issue 8)
+            MemoryEstimate m("kmeans_plusplus");
+            const double trials = double(n_local_trials), rows = est_tile_rows(D, n_local_trials, sizeof(T));
+            m.add("distance to the nearest centre (n_samples,)", double(N) * 8.0);
+            m.add("candidate distances (n_samples, n_local_trials)",
+                  std::min(double(N) * trials * double(sizeof(T)), 512.0 * 1024 * 1024));
+            m.add("output centres", double(n_clusters) * (double(D) * double(sizeof(T)) + 8.0));
+            m.add("per-tile sums", std::ceil(double(N) / rows) * (trials + 2.0) * 8.0);
+            m.add("per-thread row blocks", est_threads(n_threads, N, rows) *
+                                               est_tile_scratch(D, n_local_trials, sizeof(T), false));
+            m.check("Use fewer samples (a subsample is enough for seeding) or fewer clusters.");
+        }
         py::array_t<T> centres({n_clusters, D});
         py::array_t<int64_t> indices({n_clusters});
         SignalPoll sp;
@@ -587,6 +820,15 @@ py::tuple py_kmeans_lloyd(const py::array& Xa, const py::handle& centres_o, cons
             if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
         }
         check_finite_X(X, n_threads);
+        {  // resource limits (issue 8)
+            MemoryEstimate m("kmeans_lloyd");
+            const double rows = est_tile_rows(D, K, sizeof(T)), nt = est_threads(n_threads, N, rows);
+            m.add("labels, distance bounds and orders (n_samples,)", double(N) * (4.0 * 8.0 + double(sizeof(T))));
+            m.add("per-thread cluster sums", nt * double(K) * (double(D) + 1.0) * 8.0);
+            m.add("centres", double(K) * double(D) * (2.0 * 8.0 + 3.0 * double(sizeof(T))));
+            m.add("per-thread row blocks", nt * est_tile_scratch(D, K, sizeof(T), false));
+            m.check("Use fewer samples or fewer clusters.");
+        }
         py::array_t<T> centres({K, D});
         std::copy(c_in.data(), c_in.data() + K * D, centres.mutable_data());
         py::array_t<int64_t> labels({N});
@@ -599,6 +841,10 @@ py::tuple py_kmeans_lloyd(const py::array& Xa, const py::handle& centres_o, cons
                                   labels.mutable_data(), max_iter, tol, exec);
         }
         check_interrupt(res.status);
+        if (!std::isfinite(res.inertia))  // finite X, but squared distances overflowed T (issue 8)
+            throw py::value_error(std::string("k-means distances overflowed ") + (sizeof(T) == 4 ? "float32" : "float64") +
+                                  " (squared distances between samples exceed the largest value of the dtype). "
+                                  "Scale the data" + (sizeof(T) == 4 ? ", or pass float64 data." : "."));
         return py::make_tuple(centres, labels, res.inertia, res.n_iter, res.converged);
     });
 }
@@ -618,7 +864,12 @@ py::dict py_build_info() {
     d["compiler"] = compiler_description();
     const int omp = openmp_version();
     d["openmp"] = omp ? py::object(py::int_(omp)) : py::object(py::none());
-    d["max_threads"] = resolve_threads(0);
+    d["max_threads"] = resolve_threads(0, /*will_run=*/false);
+#ifdef GMMFAST_SANITIZED
+    d["sanitized"] = true;  // ASan + UBSan build (CMake GMMFAST_SANITIZE)
+#else
+    d["sanitized"] = false;
+#endif
     d["isa"] = active_isa();
     d["compiled_isas"] = compiled_isas();
 #ifdef NDEBUG
@@ -631,6 +882,7 @@ py::dict py_build_info() {
 
 }  // namespace
 }  // namespace gmmfast
+
 
 // ------------------------------------------------------------------- per-sample mixtures
 // (mixture density networks: every row has its own mixture; gmmfast/per_sample.hpp)
@@ -917,5 +1169,6 @@ PYBIND11_MODULE(_core, m) {
     m.def("compiled_isas", &compiled_isas);
     m.def("set_isa", &set_isa, "name"_a,
           "Selects an instruction-set variant of the kernels; False when it is not available here.");
+    register_resource_limits(m);  // memory checks, fork state (issue 8)
     register_per_sample(m);  // per-sample mixtures (mixture density networks)
 }

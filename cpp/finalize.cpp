@@ -1,5 +1,6 @@
 // finalize: statistics -> parameters, in float64 (see gmmfast/finalize.hpp).
 #include "gmmfast/finalize.hpp"
+#include "gmmfast/runtime.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -57,7 +58,9 @@ int64_t precision_cholesky_from_covariances(Covariance cov, int64_t K, int64_t D
     switch (cov) {
         case Covariance::Full: {
             std::atomic<int64_t> failed{-1};
-#pragma omp parallel for schedule(dynamic, 1) if (K * D * D * D > (1 << 20))
+            // num_threads through resolve_threads: one thread in a forked child (runtime.hpp)
+            const bool parallel = K * D * D * D > (1 << 20);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(resolve_threads(0, parallel))
             for (int64_t k = 0; k < K; ++k) {
                 if (!precision_cholesky_one(covariances + k * D * D, D, prec_chol + k * D * D,
                                             log_det_chol + k)) {

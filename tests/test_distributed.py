@@ -1,5 +1,5 @@
 """Data-parallel fitting with torch.distributed: two processes on the gloo backend (CPU),
-spawned here with a free loopback port, each fitting its half of the rows as a torch
+spawned here (rendezvous through a file store), each fitting its half of the rows as a torch
 tensor; the statistics are all-reduced every iteration.
 
 Reference: a single-process fit of the concatenated rows from the same initial mixture
@@ -8,7 +8,6 @@ Reference: a single-process fit of the concatenated rows from the same initial m
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 
 import numpy as np
@@ -59,8 +58,9 @@ def estimator(kw, X):
     return GaussianMixture(4, n_threads=1, **kw)
 
 
-def _worker(rank, world, port, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank, world, store, out):
+    # a file store rendezvous: no port to pick, so no race with other processes' sockets
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         import gmmfast.torch.distributed as gtd
 
@@ -91,18 +91,12 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = str(tmp_path_factory.mktemp("ranks"))
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, os.path.join(out, "store"), out), nprocs=2, join=True)
     return [np.load(os.path.join(out, f"rank{r}.npy"), allow_pickle=True).item() for r in range(2)]
 
 

@@ -52,12 +52,14 @@ template <>
 struct Simd<double> {
     typedef double V __attribute__((vector_size(kVBytes)));
     typedef int64_t I __attribute__((vector_size(kVBytes)));
+    typedef uint64_t U __attribute__((vector_size(kVBytes)));
     static constexpr int W = kVBytes / 8;
 };
 template <>
 struct Simd<float> {
     typedef float V __attribute__((vector_size(kVBytes)));
     typedef int32_t I __attribute__((vector_size(kVBytes)));
+    typedef uint32_t U __attribute__((vector_size(kVBytes)));
     static constexpr int W = kVBytes / 4;
 };
 
@@ -133,7 +135,9 @@ template <class T>
 inline Vec<T> vexp_nonpos(Vec<T> x) {
     using C = ExpConst<T>;
     using V = Vec<T>;
-    using I = typename Simd<T>::I;
+    // Unsigned lanes for the exponent arithmetic: lanes that the selects below discard
+    // (x < flush, -inf) overflow it, which is undefined for signed integers (UBSan).
+    using U = typename Simd<T>::U;
     const V shifter = vsplat<T>(C::shifter);
     const V t = x * C::log2e + shifter;  // n = round(x / ln2) sits in t's low mantissa bits
     const V n = t - shifter;
@@ -141,7 +145,7 @@ inline Vec<T> vexp_nonpos(Vec<T> x) {
     r = r - n * C::ln2lo;
     V p = vsplat<T>(T(kInvFactorial[C::degree]));
     for (int j = C::degree - 1; j >= 0; --j) p = p * r + T(kInvFactorial[j]);
-    const I bits = (I)p + (((I)t - (I)shifter) << C::mantissa);
+    const U bits = (U)p + (((U)t - (U)shifter) << C::mantissa);
     V y = (V)bits;
     y = (x < vsplat<T>(C::flush)) ? vsplat<T>(T(0)) : y;
     y = (x != x) ? x : y;
@@ -648,8 +652,20 @@ void tile_responsibilities(const Prepared<T>& prep, const Responsibilities<T>& r
         T* Lk = L + k * Bp;
         for (int64_t i = 0; i < Bp; i += lanes<T>()) vstore(Lk + i, vload(Lk + i) * vload(s + i));
     }
-    for (int64_t i : ws.bad_rows)  // 0 · NaN is NaN: clear bad rows explicitly
+    // 0 · NaN is NaN: clear bad rows explicitly, their weights and their data (the
+    // diagonal statistics sum r · (x - c) over every row of the tile, so a NaN or inf in
+    // x would reach s1/s2 through a zero weight; the full and tied paths skip r = 0 rows)
+    T* XT = ws.XT.data();
+    for (int64_t i : ws.bad_rows) {
         for (int64_t k = 0; k < K; ++k) L[k * Bp + i] = T(0);
+        for (int64_t d = 0; d < prep.D; ++d) XT[d * Bp + i] = T(0);
+    }
+    // Likewise the padding rows (x = 0) of the last tile: far from every component their
+    // log-densities overflow to -inf and the log-sum-exp gives NaN, which the sums over
+    // the whole tile would pick up (issue 8, found by fuzzing: float32 data at 1e3 with
+    // spread 1e-30 gave nk = NaN).
+    if (n < Bp)
+        for (int64_t k = 0; k < K; ++k) std::fill(L + k * Bp + n, L + (k + 1) * Bp, T(0));
 }
 
 /// active[k] = whether component k has any non-zero weight in the tile (Σ|r| > 0);
@@ -1232,6 +1248,8 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     const double slack = (double(D) + 8.0) * double(std::numeric_limits<T>::epsilon());
     AlignedBuffer<double> upper(static_cast<std::size_t>(N)), lower(static_cast<std::size_t>(N));
     std::vector<double> half_sep(static_cast<std::size_t>(K)), shift(static_cast<std::size_t>(K));
+    int64_t far = 0;     // the centre that moved most, and the largest move of the others
+    double far2 = 0.0;
     std::vector<TileScratch<T>> scratch(nt);
     struct Acc {
         std::vector<double> sums, counts;
@@ -1300,6 +1318,9 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
                     a.todo.push_back(i);
                     continue;
                 }
+                // the bounds follow the centres' last move (applied here, in parallel)
+                upper[row] += shift[lab];
+                lower[row] -= (lab == far) ? far2 : shift[far];
                 const double m = std::max(half_sep[lab], lower[row]);
                 if (upper[row] <= m) continue;
                 upper[row] = std::sqrt(sqdist(X + row * D, centres + lab * D, D)) * (1.0 + slack);
@@ -1383,7 +1404,18 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
             }
             std::vector<int64_t> order(static_cast<std::size_t>(N));
             std::iota(order.begin(), order.end(), int64_t(0));
-            const int64_t m = std::min<int64_t>(int64_t(empty.size()), N);
+            // Every point exactly on its centre (duplicate centres, fewer distinct points
+            // than clusters): nothing to relocate; the empty clusters join the heaviest
+            // one (the first of equal weight), as the reference does (issue 8: found by
+            // fuzzing; they used to take row 0 whatever its cluster).
+            bool all_on_centre = true;
+            for (int64_t i = 0; i < N && all_on_centre; ++i) all_on_centre = !(mind[i] > T(0));
+            const int64_t m = all_on_centre ? 0 : std::min<int64_t>(int64_t(empty.size()), N);
+            if (all_on_centre) {
+                const int64_t heavy = std::max_element(counts.begin(), counts.end()) - counts.begin();
+                for (int64_t k : empty)
+                    for (int64_t d = 0; d < D; ++d) next[k * D + d] = next[heavy * D + d];
+            }
             std::partial_sort(order.begin(), order.begin() + m, order.end(),
                               [&](int64_t a, int64_t b) {
                                   return mind[a] > mind[b] || (mind[a] == mind[b] && a < b);
@@ -1416,20 +1448,16 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
             break;
         }
         if (shift_total <= tol) break;
-        // Move the bounds with the centres (of the values the distances will use).
-        int64_t far = 0;
+        // How far each centre moved (of the values the distances will use): the next
+        // assignment pass moves every point's bounds by it.
+        far = 0;
         for (int64_t k = 0; k < K; ++k) {
             shift[k] = std::sqrt(sqdist(centres + k * D, old.data() + k * D, D)) * (1.0 + slack);
             if (shift[k] > shift[far]) far = k;
         }
-        double far2 = 0.0;
+        far2 = 0.0;
         for (int64_t k = 0; k < K; ++k)
             if (k != far) far2 = std::max(far2, shift[k]);
-        for (int64_t i = 0; i < N; ++i) {
-            const int64_t lab = labels[i];
-            upper[i] += shift[lab];
-            lower[i] -= (lab == far) ? far2 : shift[far];
-        }
         update_separation();
     }
     res.converged = strict || res.n_iter < max_iter;

@@ -29,6 +29,8 @@ def as_data(X, name: str = "X", dtype=None) -> np.ndarray:
         raise ValueError(f"{name} must be a real numeric array, got dtype {X.dtype}")
     if dtype is not None:
         X = X.astype(dtype, copy=False)
+    elif X.dtype.kind == "f" and X.dtype.itemsize in (4, 8) and not X.dtype.isnative:
+        X = X.astype(X.dtype.newbyteorder("="))  # big-endian float32 stays float32
     elif X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     if X.ndim != 2:
@@ -53,6 +55,8 @@ def n_threads_arg(n_threads) -> int:
         return 0
     if not isinstance(n_threads, numbers.Integral) or n_threads < 0:
         raise ValueError(f"n_threads must be None or an integer >= 0, got {n_threads!r}")
+    if n_threads > 2**31 - 1:  # the native int; larger requests are capped there anyway
+        raise ValueError(f"n_threads must be at most 2**31 - 1, got {n_threads!r}")
     return int(n_threads)
 
 

@@ -7,12 +7,23 @@ parameters and the scalar fitted attributes. It is read with ``allow_pickle=Fals
 loading never executes code, and every field is checked: a truncated, corrupted,
 wrong-version or inconsistent file raises :class:`ModelFileError` (a ValueError) that
 says what is wrong.
+
+Adversarial files (issue 8): only regular files are opened (a FIFO or device would block
+or never end; symlinks are followed to their target); every member's size is bounded
+before it is read (a forged header, a zip bomb or a huge metadata string cannot make
+load() allocate without limit); arrays are read only after their declared shape and
+dtype match the metadata, and a model too large for the available memory raises
+:class:`ModelFileTooLarge` (a ModelFileError and a MemoryError). Saving writes a
+temporary file next to the target and renames it over the target, so an interrupted
+save never leaves a truncated model in place of a good one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 import zipfile
 
 import numpy as np
@@ -42,10 +53,19 @@ _SCALAR_PARAMS = (
 # An upper bound on what a model file may declare, so that a malicious header cannot
 # make load() allocate without limit before the checks run.
 _MAX_ELEMENTS = 1 << 31
+# The metadata JSON is a few kB; 16 Mi characters leave room for long feature-name lists.
+_MAX_METADATA_CHARS = 1 << 24
+# save_model stores members uncompressed; a compressed member expanding more than this
+# (beyond 1 MiB) is a zip bomb, not model parameters (floats compress ~1-2x).
+_MAX_COMPRESSION_RATIO = 100
 
 
 class ModelFileError(ValueError):
     """A model file is not a valid gmmfast model (corrupt, truncated, wrong version...)."""
+
+
+class ModelFileTooLarge(ModelFileError, MemoryError):
+    """The arrays a model file declares do not fit in the available memory."""
 
 
 def _json_scalar(value):
@@ -81,9 +101,31 @@ def save_model(model, path) -> None:
     # a model fitted on torch tensors is saved like any other (loading gives NumPy arrays)
     arrays = {name: np.ascontiguousarray(_host(getattr(model, name + "_"))) for name in _ARRAYS}
     path = os.fspath(path)
-    # np.savez appends .npz to names without it; write to the exact path the user gave
-    with open(path, "wb") as fh:
-        np.savez(fh, metadata=np.array(json.dumps(meta)), **arrays)
+    # np.savez appends .npz to names without it; write to the exact path the user gave.
+    # Atomically: into a temporary file beside the target (through a symlink: beside its
+    # target), renamed over it once complete, so that a failure or Ctrl-C half-way never
+    # replaces a good model with a truncated one.
+    target = os.path.realpath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".gmmfast-", suffix=".tmp", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, metadata=np.array(json.dumps(meta)), **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:  # keep an existing file's permissions (mkstemp creates 0600)
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _host(a):
@@ -115,31 +157,100 @@ def load_model(path):
     from .mixture import GaussianMixture, _precisions_from_cholesky
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:  # zipfile, zlib, OSError, ValueError (pickles), ...
-        raise _fail(path, f"cannot be read as an .npz archive ({exc})") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _fail(path, "it is a single .npy array, not an .npz archive")
-    with archive:
-        names = set(archive.files)
-        missing = [n for n in ("metadata",) + _ARRAYS if n not in names]
-        if missing:
-            raise _fail(path, f"missing entries {missing}")
-        meta = _read_metadata(archive, path)
-        model, expected, dtype = _model_from_metadata(meta, path, GaussianMixture)
-        arrays = {}
-        for name in _ARRAYS:
-            # shape and dtype come from the member's header, checked before any
-            # allocation: a forged header cannot make load() allocate without limit
-            _check_header(archive, name, expected[name], dtype, path)
-            arrays[name] = _read_array(archive, name, path)
+    with _open_regular_file(path) as fh:
+        try:
+            archive = np.load(fh, allow_pickle=False)
+        except Exception as exc:  # zipfile, zlib, OSError, ValueError (pickles), ...
+            raise _fail(path, f"cannot be read as an .npz archive ({exc})") from exc
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise _fail(path, "it is a single .npy array, not an .npz archive")
+        with archive:
+            names = set(archive.files)
+            missing = [n for n in ("metadata",) + _ARRAYS if n not in names]
+            if missing:
+                raise _fail(path, f"missing entries {missing}")
+            for name in ("metadata",) + _ARRAYS:
+                _check_member_size(archive, name, path)
+            meta = _read_metadata(archive, path)
+            model, expected, dtype = _model_from_metadata(meta, path, GaussianMixture)
+            _check_memory(expected, dtype, path)
+            arrays = {}
+            for name in _ARRAYS:
+                # shape and dtype come from the member's header, checked before any
+                # allocation: a forged header cannot make load() allocate without limit
+                _check_header(archive, name, expected[name], dtype, path)
+                arrays[name] = _read_array(archive, name, path)
     return _set_fitted(model, meta, arrays, dtype, path, _precisions_from_cholesky)
 
 
+def _open_regular_file(path):
+    """``path`` opened for reading, if it is a regular file (after symlinks). Opened
+    non-blocking and checked on the descriptor: a FIFO would block load() forever, a
+    device (/dev/zero) never ends, and a check before opening could be raced."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    if os.path.isdir(path):
+        raise _fail(path, "cannot be read: it is a directory")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such model file") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot be opened ({exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(path, "cannot be read: it is not a regular file (a FIFO, socket or device)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_member_size(archive, name, path):
+    """Bounds a member's uncompressed size (from the zip directory) before reading it."""
+    try:
+        info = archive.zip.getinfo(name + ".npy")
+    except KeyError as exc:
+        raise _fail(path, f"missing entry {name!r}") from exc
+    if name == "metadata" and info.file_size > 4 * _MAX_METADATA_CHARS + 4096:
+        raise _fail(path, f"metadata is implausibly large ({info.file_size} bytes)")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+        1 << 20, _MAX_COMPRESSION_RATIO * info.compress_size
+    ):
+        raise _fail(
+            path,
+            f"entry {name!r} expands from {info.compress_size} to {info.file_size} bytes "
+            "(a zip bomb?); gmmfast writes model files uncompressed",
+        )
+
+
+def _check_memory(expected, dtype, path):
+    """The declared arrays, and the float64 copies the checks make, must fit in memory."""
+    from . import _core
+
+    count = sum(float(np.prod(shape, dtype=np.float64)) for shape in expected.values())
+    try:
+        _core.check_memory(
+            "load",
+            [("model arrays and their float64 copies for the checks",
+              count * (np.dtype(dtype).itemsize + 3 * 8))],
+            "The model is too large for this machine.",
+        )
+    except MemoryError as exc:
+        raise ModelFileTooLarge(f"{path}: {exc}") from None
+
+
 def _read_metadata(archive, path) -> dict:
+    # the header first: a forged one (shape (10**9,), dtype <U10**8) would make reading
+    # allocate without limit
+    shape, dtype = _read_header(archive, "metadata", path)
+    if dtype.kind != "U" or shape != ():
+        raise _fail(path, "metadata is not a JSON string")
+    if dtype.itemsize > 4 * _MAX_METADATA_CHARS:
+        raise _fail(path, f"metadata is implausibly large ({dtype.itemsize // 4} characters)")
     try:
         raw = archive["metadata"]
     except Exception as exc:  # corrupted member: zlib/format errors of several kinds
@@ -148,7 +259,7 @@ def _read_metadata(archive, path) -> dict:
         raise _fail(path, "metadata is not a JSON string")
     try:
         meta = json.loads(str(raw))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
         raise _fail(path, f"metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else meta
@@ -165,7 +276,8 @@ def _read_metadata(archive, path) -> dict:
     return meta
 
 
-def _check_header(archive, name, shape, dtype, path):
+def _read_header(archive, name, path):
+    """(shape, dtype) from a member's .npy header, without reading its data."""
     try:
         with archive.zip.open(name + ".npy") as fh:
             version = np.lib.format.read_magic(fh)
@@ -176,7 +288,13 @@ def _check_header(archive, name, shape, dtype, path):
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
     except Exception as exc:
-        raise _fail(path, f"array {name!r} cannot be read ({exc})") from exc
+        what = "metadata" if name == "metadata" else f"array {name!r}"
+        raise _fail(path, f"{what} cannot be read ({exc})") from exc
+    return tuple(got_shape), got_dtype
+
+
+def _check_header(archive, name, shape, dtype, path):
+    got_shape, got_dtype = _read_header(archive, name, path)
     if got_dtype != np.dtype(dtype):
         raise _fail(path, f"array {name!r} has dtype {got_dtype}, expected {dtype}")
     if tuple(got_shape) != tuple(shape):
@@ -193,18 +311,34 @@ def _read_array(archive, name, path) -> np.ndarray:
     return a
 
 
-def _get_int(meta, key, path, low=0) -> int:
+def _get_int(meta, key, path, low=0, high=1 << 62) -> int:
     value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _fail(path, f"metadata field {key!r} is {value!r}, expected an integer >= {low}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(path, f"metadata field {key!r} is {_short(value)}, expected an integer in [{low}, {high}]")
     return value
+
+
+def _as_float(value):
+    """float(value) for a JSON number, None for anything else (bools, huge ints)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return None
 
 
 def _get_number(meta, key, path, default=None, allow=lambda v: np.isfinite(v)) -> float:
     value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not allow(float(value)):
-        raise _fail(path, f"metadata field {key!r} is {value!r}")
-    return float(value)
+    number = _as_float(value)
+    if number is None or not allow(number):
+        raise _fail(path, f"metadata field {key!r} is {_short(value)}")
+    return number
+
+
+def _short(value, limit=80) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 128 else "a huge integer"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _model_from_metadata(meta, path, GaussianMixture):
@@ -214,19 +348,26 @@ def _model_from_metadata(meta, path, GaussianMixture):
         raise _fail(path, "metadata has no 'params' object")
     unknown = set(params) - set(_SCALAR_PARAMS)
     if unknown:
-        raise _fail(path, f"unknown parameters {sorted(unknown)}")
+        raise _fail(path, f"unknown parameters {sorted(unknown)[:10]}")
+    for key, value in params.items():
+        # save_model writes JSON scalars only; a list or object would reach the estimator
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise _fail(path, f"parameter {key!r} is {type(value).__name__}, expected a number, string or null")
+    from ._validation import n_threads_arg
+
     model = GaussianMixture()
     try:
         model.set_params(**params)
         model._check_params()
+        n_threads_arg(model.n_threads)  # not checked by _check_params
     except (TypeError, ValueError) as exc:
         raise _fail(path, f"invalid parameters ({exc})") from exc
     K = model.n_components
     t = model.covariance_type
     if K > _MAX_ELEMENTS:
-        raise _fail(path, f"n_components is implausibly large ({K})")
+        raise _fail(path, f"n_components is implausibly large ({_short(K)})")
     D = _get_int(meta, "n_features_in", path, low=1)
-    if D > _MAX_ELEMENTS or K * D * (D if t == "full" else 1) > _MAX_ELEMENTS:
+    if D > _MAX_ELEMENTS or max(K * D, int(np.prod(param_shape(t, K, D), dtype=object))) > _MAX_ELEMENTS:
         raise _fail(path, f"the model is implausibly large ({K} components, {D} features)")
     dtype = meta.get("dtype")
     if dtype not in ("float32", "float64"):
@@ -238,6 +379,26 @@ def _model_from_metadata(meta, path, GaussianMixture):
         "precisions_cholesky": param_shape(t, K, D),
     }
     return model, expected, dtype
+
+
+def _check_consistent(cov, precisions, U, t, dtype, eig, path):
+    """covariances · precisions = I up to the rounding of the stored dtype (times the
+    condition number): both arrays are written from one fit; a file that pairs others
+    was edited or forged."""
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if t in ("full", "tied"):
+            C = cov if t == "full" else cov[None]
+            P = precisions if t == "full" else precisions[None]
+            D = C.shape[-1]
+            kappa = eig[:, -1] / np.maximum(eig[:, 0], eps * eig[:, -1])
+            err = np.abs(C @ P - np.eye(D)).max(axis=(1, 2))
+            bad = ~(err <= 1e3 * eps * D * kappa)
+        else:
+            u2 = U**2
+            bad = ~(np.abs(cov * u2 - 1.0) <= 1e3 * eps)
+    if np.any(bad):
+        raise _fail(path, "covariances and precisions_cholesky do not describe the same Gaussians")
 
 
 def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
@@ -266,15 +427,21 @@ def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
         raise _fail(path, "precisions_cholesky must be positive")
     elif np.any(cov <= 0):
         raise _fail(path, "covariances must be positive")
+    # the precisions U Uᵀ, kept in the stored dtype, must be finite there (issue 8: a
+    # float32 U of 1e20 gave precisions_ = inf), and describe the stored covariances
+    with np.errstate(over="ignore", invalid="ignore"):
+        precisions = precisions_from_cholesky(U, t)
+        stored_precisions = precisions.astype(dtype)
+    if not np.all(np.isfinite(stored_precisions)):
+        raise _fail(path, f"the precisions (U Uᵀ of precisions_cholesky) overflow {dtype}")
+    _check_consistent(cov, precisions, U, t, dtype, eig if t in ("full", "tied") else None, path)
     names = meta.get("feature_names_in")
     if names is not None and (
         not isinstance(names, list) or len(names) != D or not all(isinstance(n, str) for n in names)
     ):
         raise _fail(path, "feature_names_in must be a list of n_features strings")
     lower_bounds = meta.get("lower_bounds", [])
-    if not isinstance(lower_bounds, list) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in lower_bounds
-    ):
+    if not isinstance(lower_bounds, list) or not all(_as_float(v) is not None for v in lower_bounds):
         raise _fail(path, "lower_bounds must be a list of numbers")
     converged = meta.get("converged")
     if not isinstance(converged, bool):
@@ -284,7 +451,7 @@ def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
     model.means_ = arrays["means"]
     model.covariances_ = arrays["covariances"]
     model.precisions_cholesky_ = arrays["precisions_cholesky"]
-    model.precisions_ = precisions_from_cholesky(U, t).astype(dtype)
+    model.precisions_ = stored_precisions
     model.n_features_in_ = D
     if names is not None:
         model.feature_names_in_ = np.asarray(names, dtype=object)

@@ -55,6 +55,7 @@ __all__ = [
     "kmeans_plusplus",
     "kmeans_lloyd",
     "KMeansResult",
+    "check_fit_memory",
 ]
 
 
@@ -212,7 +213,9 @@ def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=None) -> MixturePara
     Raises
     ------
     ValueError
-        with scikit-learn's message when a covariance is not positive definite.
+        with scikit-learn's message when a covariance is not positive definite; for
+        float32 data, also when the parameters are beyond float32's range (a model of
+        float32 data is kept in float32, where they would become inf).
     """
     if not isinstance(stats, EMStats):
         raise ValueError(f"stats must be an EMStats, got {type(stats).__name__}")
@@ -228,7 +231,24 @@ def finalize(stats: EMStats, reg_covar: float = 1e-6, dtype=None) -> MixturePara
         nk_eps,
         dtype == np.float32,
     )
+    if dtype == np.float32:
+        _check_float32_range(means, covariances, prec_chol)
     return MixtureParams(stats.covariance_type, weights, means, covariances, prec_chol, log_det)
+
+
+def _check_float32_range(means, covariances, prec_chol) -> None:
+    """float32 data get float32 parameters (scikit-learn's convention): refuse values that
+    would become inf there (data beyond ~1e19 have covariances beyond 3.4e38; the
+    precisions U Uᵀ of tiny covariances overflow likewise) instead of returning them."""
+    big = float(np.finfo(np.float32).max)
+    D = means.shape[1]
+    if (np.max(np.abs(means)) > big or np.max(np.abs(covariances)) > big
+            or D * float(np.max(np.abs(prec_chol))) ** 2 > big):
+        raise ValueError(
+            "The fitted parameters of this float32 data exceed float32's range (covariances or "
+            "precisions beyond 3.4e38): float32 arithmetic overflowed. Scale the data, or pass "
+            "float64 data."
+        )
 
 
 def precision_cholesky(covariances, covariance_type: str, *, n_features: Optional[int] = None):
@@ -308,6 +328,67 @@ def em(
     return EMResult(params, float(lower_bound), lower_bounds, n_iter, converged)
 
 
+# ------------------------------------------------------------- resource limits (issue 8)
+
+
+def check_fit_memory(
+    n_samples: int,
+    n_features: int,
+    n_components: int,
+    covariance_type: str = "full",
+    *,
+    dtype=np.float64,
+    n_threads: Optional[int] = None,
+    init_params: str = "kmeans",
+) -> None:
+    """Raises MemoryError, with the size and what to do, when fitting a mixture of this
+    shape by EM would need more memory than is available (``/proc/meminfo``
+    MemAvailable and the cgroup limit on Linux); returns None otherwise.
+
+    Counts what a fit allocates besides the data: the per-thread statistics accumulators
+    of :func:`em_stats` (``n_threads·K·D²`` float64 for full covariances), the merged
+    statistics, the fitted parameters (covariances, precisions and their Cholesky
+    factors, kept for the best of ``n_init`` runs) and the k-means buffers. Cheap: call
+    it before starting a long fit, so that an impossible one fails at once instead of
+    after the initialisation. The native kernels check their own buffers too.
+    """
+    check_covariance_type(covariance_type)
+    N, D, K = int(n_samples), int(n_features), int(n_components)
+    item = np.dtype(_float_dtype(dtype)).itemsize
+    threads = _core.build_info()["max_threads"] if not n_threads else int(n_threads)
+    threads = max(1, min(threads, -(-N // 8)))
+    P = float(np.prod(param_shape(covariance_type, K, D), dtype=np.float64))
+    acc = {"full": K * float(D + 16) ** 2, "tied": float(D + 8) ** 2 + float(K) ** 2}.get(
+        covariance_type, float(K) * D
+    ) * 8.0 + (float(K) * D + K) * 8.0
+    parts = [
+        (f"statistics accumulators ({threads} threads + merged)", (threads + 1) * acc),
+        ("parameters: covariances, precisions and their Cholesky factors, x2 for the best run",
+         6.0 * P * 8.0 + 2.0 * (K + float(K) * D) * 8.0),
+        ("E-step parameters in kernel layout", P * item),
+    ]
+    if init_params == "kmeans":
+        parts.append(("k-means labels and distance bounds", float(N) * (4 * 8 + item)))
+    elif init_params == "random":
+        parts.append(("random responsibilities (blocks of rows)", min(float(N) * K, 4.0 * (1 << 20)) * 2 * item))
+    _core.check_memory(
+        "GaussianMixture.fit",
+        parts,
+        "Use fewer components or features, a cheaper covariance_type ('diag' or 'spherical' "
+        "instead of 'full'), or fewer threads (n_threads).",
+    )
+
+
+def _check_resp_memory(n_samples: int, n_components: int, dtype, op: str) -> None:
+    """An n_samples × n_components array is about to be allocated in NumPy."""
+    _core.check_memory(
+        op,
+        [("responsibilities (n_samples, n_components)", float(n_samples) * n_components * np.dtype(dtype).itemsize)],
+        "Use init_params='kmeans' (no n_samples × n_components array), fewer samples, or "
+        "GaussianMixture, which computes initial responsibilities in blocks of rows.",
+    )
+
+
 @dataclass
 class KMeansResult:
     """Outcome of :func:`kmeans`."""
@@ -383,7 +464,9 @@ def _column_variance_mean(X, sample_weight, n_threads) -> float:
     )
     n = st.weight_sum
     var = st.s2[0] / n - (st.s1[0] / n) ** 2
-    return float(np.mean(var))
+    # >= 0: float32 squares of tiny deviations (|x - c| < 1e-23) underflow to 0 while
+    # their sum s1 does not, and a negative tolerance is an error (issue 8)
+    return float(np.mean(np.maximum(var, 0.0)))
 
 
 def kmeans(
@@ -473,15 +556,18 @@ def initial_params(
         _, idx = kmeans_plusplus(
             X, K, random_state=random_state, sample_weight=sample_weight, n_threads=n_threads
         )
+        _check_resp_memory(N, K, X.dtype, "initial_params")
         resp = np.zeros((N, K), dtype=X.dtype)
         resp[idx, np.arange(K)] = 1
     elif init_params == "random":
         rs = np.random.default_rng(seed_from(random_state))
+        _check_resp_memory(N, K, np.float64, "initial_params")
         resp = rs.uniform(size=(N, K)).astype(X.dtype)
         resp /= resp.sum(axis=1, keepdims=True)
     elif init_params == "random_from_data":
         rs = np.random.default_rng(seed_from(random_state))
         idx = rs.choice(N, size=K, replace=False)
+        _check_resp_memory(N, K, X.dtype, "initial_params")
         resp = np.zeros((N, K), dtype=X.dtype)
         resp[idx, np.arange(K)] = 1
     else:
@@ -489,10 +575,11 @@ def initial_params(
             "init_params must be one of 'kmeans', 'k-means++', 'random', 'random_from_data', "
             f"got {init_params!r}"
         )
+    # given labels/resp, em_stats reads only K from the mixture: no K·D² placeholder
     shape_only = dict(
-        log_weights=np.zeros(K),
+        log_weights=None,
         means=np.zeros((K, D)),
-        precisions_cholesky=np.ones(param_shape(covariance_type, K, D)),
+        precisions_cholesky=None,
         covariance_type=covariance_type,
         sample_weight=sample_weight,
         resp=resp,
