@@ -29,11 +29,18 @@ the workspace: that peak minus the returned gradients, i.e. what the likelihood 
 itself holds (saved intermediates and temporaries). torch's CPU allocator returns large
 blocks to the OS, so RSS tracks live tensors.
 
+On a GPU (``--device cuda``) the same implementations run on CUDA tensors (gmmfast: the
+CUDA kernels of cuda/per_sample.cu). Times are CUDA-event times of forward + backward
+(after a warm-up step; the best and median of --repeat), peak memory is
+``torch.cuda.max_memory_allocated`` during the step minus the memory allocated before it
+(inputs), in one process: the caching allocator's statistics are exact per measurement.
+
 Usage::
 
     python bench/bench_mdn.py                       # both cases, all cores
     python bench/bench_mdn.py --threads 1 --repeat 7 --json bench/results/mdn-cpu.json
     python bench/bench_mdn.py --quick               # B/16, smoke test
+    python bench/bench_mdn.py --device cuda --json bench/results/mdn-gpu.json
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ def _parse():
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--no-ref", action="store_true", help="skip gmmfast's plain-torch fallback column")
     p.add_argument("--json", metavar="PATH", help="write every number (and the machine) to PATH")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the tensors live (cuda: CUDA-event timings, torch.cuda peak memory)")
     return p.parse_args()
 
 
@@ -83,8 +92,9 @@ IMPLS = ("gmmfast", "gmmfast-recompute", "torch", "torch-ref")
 # inputs and implementations
 
 
-def make_inputs(case: dict, B: int, seed: int = 0) -> dict:
-    """Parameters as an MDN would output them (leaf tensors that need gradients)."""
+def make_inputs(case: dict, B: int, seed: int = 0, device: str = "cpu") -> dict:
+    """Parameters as an MDN would output them (leaf tensors that need gradients), on device
+    (generated on the CPU, so every device gets the same numbers)."""
     g = torch.Generator().manual_seed(seed)
     K, D = case["K"], case["D"]
     y = torch.randn(B, D, generator=g) * 2.0
@@ -97,6 +107,7 @@ def make_inputs(case: dict, B: int, seed: int = 0) -> dict:
         scale = torch.rand(B, K, 2, generator=g) + 0.5
         rho = (torch.rand(B, K, generator=g) * 2.0 - 1.0) * 0.9
     inputs = dict(y=y, logits=logits, means=means, scale=scale, rho=rho)
+    inputs = {k: (None if v is None else v.to(device)) for k, v in inputs.items()}
     for name in ("logits", "means", "scale", "rho"):
         if inputs[name] is not None:
             inputs[name].requires_grad_(True)
@@ -212,12 +223,58 @@ def memory_supported() -> bool:
 
 
 # --------------------------------------------------------------------------------------
+# GPU: CUDA events and the caching allocator's peak
+
+
+def cuda_time(impl: str, covariance: str, inputs: dict) -> float:
+    """Seconds of one forward + backward on the current stream, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step(impl, covariance, inputs)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def cuda_memory(impl: str, covariance: str, inputs: dict) -> dict:
+    """Peak device memory of one step beyond what was allocated before it (the inputs),
+    with the returned gradients alive, as in training before the optimiser step."""
+    torch.cuda.synchronize()
+    gc.collect()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    params = [inputs[n] for n in ("logits", "means", "scale", "rho") if inputs[n] is not None]
+    loss = loss_fn(impl, covariance)(**inputs)
+    loss.backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    grads_mb = sum(p.grad.numel() * p.grad.element_size() for p in params) / 2**20
+    for p in params:
+        p.grad = None
+    del loss
+    return {"peak_mb": peak / 2**20, "grads_mb": grads_mb, "workspace_mb": peak / 2**20 - grads_mb}
+
+
+def _available_impls(args, device: str) -> list:
+    impls = [i for i in IMPLS if not (args.no_ref and i == "torch-ref")]
+    if device == "cpu":
+        return impls
+    from gmmfast.torch.per_sample import fused_available
+
+    if not fused_available(device):
+        print("gmmfast's CUDA kernels are not available (gmmfast._cuda missing): timing torch only",
+              file=sys.stderr)
+        impls = [i for i in impls if not i.startswith("gmmfast")]
+    return impls
 
 
 def run(args) -> dict:
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
-    impls = [i for i in IMPLS if not (args.no_ref and i == "torch-ref")]
+    device = getattr(args, "device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    impls = _available_impls(args, device)
     result = {
         "machine": {
             "cpu": _cpu_model(),
@@ -226,11 +283,13 @@ def run(args) -> dict:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "gmmfast_isa": __import__("gmmfast").build_info().get("isa"),
+            "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         },
         "cases": {},
     }
     ctx = None
-    if not args.no_memory:
+    if not args.no_memory and device == "cpu":
         if memory_supported():
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload(["torch", "gmmfast.torch.per_sample"])
@@ -239,8 +298,9 @@ def run(args) -> dict:
     for name in args.cases.split(","):
         case = CASES[name]
         B = case["B"] // 16 if args.quick else case["B"]
-        inputs = make_inputs(case, B)
-        print(f"[{name}] B={B} K={case['K']} D={case['D']} covariance={case['covariance']}", file=sys.stderr, flush=True)
+        inputs = make_inputs(case, B, device=device)
+        print(f"[{name}] B={B} K={case['K']} D={case['D']} covariance={case['covariance']} device={device}",
+              file=sys.stderr, flush=True)
         # agreement: the same loss and gradients
         ref_loss, ref_grads = step("torch", case["covariance"], inputs)
         agree = {}
@@ -252,6 +312,9 @@ def run(args) -> dict:
         times = {impl: [] for impl in impls}
         for _ in range(args.repeat):
             for impl in impls:
+                if device == "cuda":
+                    times[impl].append(cuda_time(impl, case["covariance"], inputs))
+                    continue
                 t0 = time.perf_counter()
                 step(impl, case["covariance"], inputs)
                 times[impl].append(time.perf_counter() - t0)
@@ -259,6 +322,9 @@ def run(args) -> dict:
         for impl in impls:
             ts = sorted(times[impl])
             res["impls"][impl] = {"best_s": ts[0], "median_s": ts[len(ts) // 2], "times_s": times[impl], **agree[impl]}
+        if device == "cuda" and not args.no_memory:
+            for impl in impls:
+                res["impls"][impl]["memory"] = cuda_memory(impl, case["covariance"], inputs)
         del inputs
         gc.collect()
         if ctx is not None:
@@ -292,6 +358,8 @@ def report(result: dict) -> str:
         "| peak vs torch | workspace (MB) | workspace vs torch | max grad rel. diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if m.get("gpu"):
+        lines.insert(1, f"GPU: {m['gpu']} (CUDA-event times; peak = torch.cuda.max_memory_allocated beyond the inputs)")
     for name, res in result["cases"].items():
         t_ref = res["impls"]["torch"]["best_s"]
         ref_mem = res["impls"]["torch"].get("memory", {})

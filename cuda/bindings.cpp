@@ -37,6 +37,22 @@
 //            log_det, failed, workspace, workspace_bytes) -> None
 //       all float64; failed: one int64 (-1 or the first ill-defined component).
 //
+//   per_sample_workspace_bytes(dtype, covariance, mixture, B, K, D, backward,
+//                              lanes_per_row=0) -> int        (0 unless covariance 'full')
+//   per_sample_log_prob(device, stream, dtype, covariance, mixture, B, K, D,
+//                       y, logits, means, scale, rho, mask, out, resp,
+//                       workspace, workspace_bytes, lanes_per_row=0) -> None
+//   per_sample_log_prob_backward(device, stream, dtype, covariance, mixture, B, K, D,
+//                       grad, resp, y, logits, means, scale, rho, mask,
+//                       grad_y, grad_logits, grad_means, grad_scale, grad_rho,
+//                       workspace, workspace_bytes, lanes_per_row=0) -> None
+//       Per-sample mixtures (gmmfast/per_sample.hpp): covariance 'isotropic', 'diag',
+//       'full' (scale_tril), 'correlated2d' (rho (B, K)); mixture 'joint' or 'per_dim'.
+//       y (B, D); logits (B, K) / per_dim (B, D, K); means (B, K, D) / (B, D, K); scale
+//       by covariance; mask B bytes (nonzero = keep) or 0; out (B,); resp like logits
+//       or 0 (not stored / recomputed); grad_y (B, D) or 0; grad_rho only for
+//       correlated2d. lanes_per_row: 0 automatic, 1 (thread per row), 32 (warp per row).
+//
 // Every op: cudaSetDevice(device), kernels enqueued on `stream` only, no allocation, no
 // synchronisation; ValueError for bad arguments (sizes, null pointers, small workspace),
 // RuntimeError when a launch fails. The GIL is released while the kernels are enqueued.
@@ -155,6 +171,63 @@ void py_finalize(int device, std::uintptr_t stream, const std::string& cov, int6
                  ptr<int64_t>(failed), ptr<void>(workspace), workspace_bytes);
 }
 
+gmmfast::ScaleForm parse_scale_form(const std::string& s) {
+    if (s == "isotropic") return gmmfast::ScaleForm::Isotropic;
+    if (s == "diag") return gmmfast::ScaleForm::Diag;
+    if (s == "full") return gmmfast::ScaleForm::Full;
+    if (s == "correlated2d") return gmmfast::ScaleForm::Correlated2D;
+    throw py::value_error("covariance must be one of 'isotropic', 'diag', 'full', 'correlated2d', got '" + s + "'");
+}
+
+gmmfast::MixtureMode parse_mixture_mode(const std::string& s) {
+    if (s == "joint") return gmmfast::MixtureMode::Joint;
+    if (s == "per_dim") return gmmfast::MixtureMode::PerDim;
+    throw py::value_error("mixture must be 'joint' or 'per_dim', got '" + s + "'");
+}
+
+std::size_t py_per_sample_workspace_bytes(const std::string& dtype, const std::string& covariance,
+                                          const std::string& mixture, int64_t B, int64_t K, int64_t D,
+                                          bool backward, int lanes_per_row) {
+    return gc::per_sample_workspace_bytes(parse_dtype(dtype), parse_scale_form(covariance),
+                                          parse_mixture_mode(mixture), B, K, D, backward, lanes_per_row);
+}
+
+void py_per_sample_log_prob(int device, std::uintptr_t stream, const std::string& dtype,
+                            const std::string& covariance, const std::string& mixture, int64_t B, int64_t K,
+                            int64_t D, std::uintptr_t y, std::uintptr_t logits, std::uintptr_t means,
+                            std::uintptr_t scale, std::uintptr_t rho, std::uintptr_t mask, std::uintptr_t out,
+                            std::uintptr_t resp, std::uintptr_t workspace, std::size_t workspace_bytes,
+                            int lanes_per_row) {
+    const gc::DType dt = parse_dtype(dtype);
+    const gmmfast::ScaleForm form = parse_scale_form(covariance);
+    const gmmfast::MixtureMode mode = parse_mixture_mode(mixture);
+    py::gil_scoped_release release;
+    gc::per_sample_log_prob(device, as_stream(stream), dt, form, mode, B, K, D, ptr<const void>(y),
+                            ptr<const void>(logits), ptr<const void>(means), ptr<const void>(scale),
+                            ptr<const void>(rho), ptr<const uint8_t>(mask), ptr<void>(out), ptr<void>(resp),
+                            ptr<void>(workspace), workspace_bytes, lanes_per_row);
+}
+
+void py_per_sample_log_prob_backward(int device, std::uintptr_t stream, const std::string& dtype,
+                                     const std::string& covariance, const std::string& mixture, int64_t B,
+                                     int64_t K, int64_t D, std::uintptr_t grad, std::uintptr_t resp,
+                                     std::uintptr_t y, std::uintptr_t logits, std::uintptr_t means,
+                                     std::uintptr_t scale, std::uintptr_t rho, std::uintptr_t mask,
+                                     std::uintptr_t grad_y, std::uintptr_t grad_logits, std::uintptr_t grad_means,
+                                     std::uintptr_t grad_scale, std::uintptr_t grad_rho, std::uintptr_t workspace,
+                                     std::size_t workspace_bytes, int lanes_per_row) {
+    const gc::DType dt = parse_dtype(dtype);
+    const gmmfast::ScaleForm form = parse_scale_form(covariance);
+    const gmmfast::MixtureMode mode = parse_mixture_mode(mixture);
+    py::gil_scoped_release release;
+    gc::per_sample_log_prob_backward(device, as_stream(stream), dt, form, mode, B, K, D, ptr<const void>(grad),
+                                     ptr<const void>(resp), ptr<const void>(y), ptr<const void>(logits),
+                                     ptr<const void>(means), ptr<const void>(scale), ptr<const void>(rho),
+                                     ptr<const uint8_t>(mask), ptr<void>(grad_y), ptr<void>(grad_logits),
+                                     ptr<void>(grad_means), ptr<void>(grad_scale), ptr<void>(grad_rho),
+                                     ptr<void>(workspace), workspace_bytes, lanes_per_row);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -183,4 +256,13 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("finalize", &py_finalize, "device"_a, "stream"_a, "covariance_type"_a, "K"_a, "D"_a, "nk"_a, "s1"_a,
           "s2"_a, "centres"_a, "reg_covar"_a, "nk_eps"_a, "weights"_a, "means"_a, "covariances"_a,
           "precisions_cholesky"_a, "log_det"_a, "failed"_a, "workspace"_a, "workspace_bytes"_a);
+    m.def("per_sample_workspace_bytes", &py_per_sample_workspace_bytes, "dtype"_a, "covariance"_a, "mixture"_a,
+          "B"_a, "K"_a, "D"_a, "backward"_a, "lanes_per_row"_a = 0);
+    m.def("per_sample_log_prob", &py_per_sample_log_prob, "device"_a, "stream"_a, "dtype"_a, "covariance"_a,
+          "mixture"_a, "B"_a, "K"_a, "D"_a, "y"_a, "logits"_a, "means"_a, "scale"_a, "rho"_a, "mask"_a, "out"_a,
+          "resp"_a, "workspace"_a, "workspace_bytes"_a, "lanes_per_row"_a = 0);
+    m.def("per_sample_log_prob_backward", &py_per_sample_log_prob_backward, "device"_a, "stream"_a, "dtype"_a,
+          "covariance"_a, "mixture"_a, "B"_a, "K"_a, "D"_a, "grad"_a, "resp"_a, "y"_a, "logits"_a, "means"_a,
+          "scale"_a, "rho"_a, "mask"_a, "grad_y"_a, "grad_logits"_a, "grad_means"_a, "grad_scale"_a, "grad_rho"_a,
+          "workspace"_a, "workspace_bytes"_a, "lanes_per_row"_a = 0);
 }

@@ -2,7 +2,8 @@
 //
 // The same three kernels as the CPU backend (ARCHITECTURE.md), for device memory:
 // log_prob, em_stats (fused E-step + centred statistics), finalize (statistics ->
-// parameters, float64), plus grad_x (the data term of the autograd backward).
+// parameters, float64), plus grad_x (the data term of the autograd backward), and the
+// per-sample mixture op of mixture density networks (per_sample_log_prob, its backward).
 //
 // Conventions (as cpp/include/gmmfast/mixture.hpp): dense row-major arrays, N samples,
 // D features, K components; X is N * D; parameters in scikit-learn's precision-Cholesky
@@ -17,7 +18,7 @@
 //     stream only: it never allocates device memory, never synchronises, never reads a
 //     global "current stream" (so it can be captured into a CUDA graph);
 //   - takes a caller-allocated workspace of at least <op>_workspace_bytes(...) bytes,
-//     16-byte aligned;
+//     16-byte aligned (per_sample: often 0 bytes, and then nullptr is accepted);
 //   - throws std::runtime_error when a launch fails (cudaGetLastError), and
 //     std::invalid_argument for bad sizes / null pointers / a too small workspace; it
 //     never inspects values (no exceptions on NaN: NaN propagates).
@@ -35,6 +36,7 @@
 
 #include "gmmfast/log_prob.hpp"  // gmmfast::LogProbOutput
 #include "gmmfast/mixture.hpp"   // gmmfast::Covariance
+#include "gmmfast/per_sample.hpp"  // gmmfast::ScaleForm, gmmfast::MixtureMode
 
 namespace gmmfast {
 namespace cuda {
@@ -106,6 +108,45 @@ void finalize(int device, cudaStream_t stream, Covariance cov, int64_t K, int64_
               double reg_covar, double nk_eps, double* weights, double* means,
               double* covariances, double* prec_chol, double* log_det, int64_t* failed,
               void* workspace, std::size_t workspace_bytes);
+
+// ----------------------------------------------------------------------- per_sample
+
+/// Per-sample mixtures (mixture density networks): gmmfast/per_sample.hpp's
+/// per_sample_log_prob and its backward on device memory, the same arguments, layouts
+/// and semantics (raw logits; scale = σ, scale_tril or (σ1, σ2) with rho; masked rows
+/// give 0 and zero gradients without reading their parameters). The first_bad_row
+/// report of the CPU is not produced (it would need a synchronisation): non-finite rows
+/// are NaN or -inf in `out`, as on the CPU.
+///
+/// @param y       size B * D;  logits B * K (per_dim B * D * K);  means B * K * D
+///                (per_dim B * D * K);  scale per_sample_scale_size(form, mode, K, D) per
+///                row;  rho B * K (correlated2d, else not read);  mask B bytes, nonzero =
+///                keep, or nullptr.  All in dtype except mask.
+/// @param out     out, size B
+/// @param resp    out, like logits, or nullptr (not stored; the backward recomputes them)
+/// @param workspace  at least per_sample_workspace_bytes(...) bytes, 16-byte aligned
+///                (0 bytes, and nullptr allowed, except for covariance 'full')
+/// @param lanes_per_row  0: automatic (one warp per row when K -- per_dim: D -- is at
+///                least 16, else one thread per row); 1 or 32 force a mapping. The
+///                workspace size depends on it: pass the same value to both calls.
+std::size_t per_sample_workspace_bytes(DType dtype, ScaleForm form, MixtureMode mode, int64_t B, int64_t K,
+                                       int64_t D, bool backward, int lanes_per_row = 0);
+void per_sample_log_prob(int device, cudaStream_t stream, DType dtype, ScaleForm form, MixtureMode mode,
+                         int64_t B, int64_t K, int64_t D, const void* y, const void* logits, const void* means,
+                         const void* scale, const void* rho, const uint8_t* mask, void* out, void* resp,
+                         void* workspace, std::size_t workspace_bytes, int lanes_per_row = 0);
+
+/// Gradients of Σ_i grad_i log p(y_i): grad size B; resp the forward's responsibilities
+/// or nullptr (recomputed, bit-identical to the saved ones); grad_y B * D or nullptr;
+/// grad_logits / grad_means / grad_scale / grad_rho the shapes of their inputs
+/// (grad_rho only for correlated2d). Entries of grad_scale above a full L's diagonal
+/// get 0.
+void per_sample_log_prob_backward(int device, cudaStream_t stream, DType dtype, ScaleForm form, MixtureMode mode,
+                                  int64_t B, int64_t K, int64_t D, const void* grad, const void* resp,
+                                  const void* y, const void* logits, const void* means, const void* scale,
+                                  const void* rho, const uint8_t* mask, void* grad_y, void* grad_logits,
+                                  void* grad_means, void* grad_scale, void* grad_rho, void* workspace,
+                                  std::size_t workspace_bytes, int lanes_per_row = 0);
 
 }  // namespace cuda
 }  // namespace gmmfast

@@ -38,8 +38,11 @@ gradient, z = (y - μ)/σ):
 - correlated2d: s = 1 - ρ², a1 = (z1 - ρz2)/s, a2 = (z2 - ρz1)/s, Q = (z1² + z2² - 2ρz1z2)/s:
   ∂μ_j = w a_j/σ_j,  ∂σ_j = w (z_j a_j - 1)/σ_j,  ∂ρ = w (ρ + z1 z2 - ρQ)/s
 
-Devices: the CPU kernel is gmmfast's C++/OpenMP code (zero-copy views of the tensors). The
-CUDA kernel is not written yet: on CUDA tensors the op raises NotImplementedError, and
+Devices: the CPU kernel is gmmfast's C++/OpenMP code (zero-copy views of the tensors); the
+CUDA kernel is gmmfast._cuda's (cuda/per_sample.cu: one thread or one warp per row, the
+CPU's formulas), called with the tensors' device pointers on the current stream, outputs
+and workspace allocated by torch, nothing synchronising. Where gmmfast was built without
+its CUDA kernels, the op raises NotImplementedError on CUDA tensors, and
 :func:`per_sample_log_prob` with ``backend="auto"`` (the default) falls back to
 :func:`per_sample_log_prob_torch`, the same math in plain torch (autograd, more memory), so
 code using it runs on every device.
@@ -68,14 +71,35 @@ __all__ = [
 COVARIANCES = ("isotropic", "diag", "full", "correlated2d")
 MIXTURES = ("joint", "per_dim")
 BACKENDS = ("auto", "fused", "torch")
-_CUDA_MESSAGE = "the CUDA kernel of gmmfast::per_sample_log_prob is not built yet"
+_CUDA_MESSAGE = (
+    "the CUDA kernel of gmmfast::per_sample_log_prob is not built yet in this installation "
+    "(gmmfast._cuda is missing: reinstall gmmfast with nvcc on PATH, or pass "
+    "-Ccmake.define.GMMFAST_CUDA=ON to see why it was not built)"
+)
 _LOG_2PI = math.log(2.0 * math.pi)
+_CUDA_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_module():
+    """gmmfast._cuda when it was built and has the per-sample kernels, else None."""
+    try:
+        from .. import _cuda
+    except ImportError:
+        return None
+    return _cuda if hasattr(_cuda, "per_sample_log_prob") else None
 
 
 def fused_available(device) -> bool:
-    """Whether the fused op has a kernel for ``device`` (today: the CPU only)."""
-    # When the CUDA kernel lands, add: device.type == "cuda" and gmmfast._cuda has it.
-    return torch.device(device).type == "cpu"
+    """Whether the fused op has a kernel for ``device``: the CPU always; CUDA when
+    gmmfast was built with its CUDA kernels and a CUDA device is present."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        cu = _cuda_module()
+        return cu is not None and torch.cuda.is_available() and cu.device_count() > 0
+    return False
 
 
 def _np(t: Tensor):
@@ -88,9 +112,123 @@ def _resp_shape(logits: Tensor):
 
 def _check_device(t: Tensor) -> None:
     if t.device.type == "cuda":
-        raise NotImplementedError(_CUDA_MESSAGE)
+        if _cuda_module() is None:
+            raise NotImplementedError(_CUDA_MESSAGE)
+        return
     if t.device.type != "cpu":
         raise NotImplementedError(f"gmmfast::per_sample_log_prob has no kernel for device {t.device}")
+
+
+# ----------------------------------------------------------------------------- CUDA
+#
+# The CUDA implementations of both ops: gmmfast._cuda's kernels on the device pointers of
+# contiguous tensors, enqueued on torch's current stream of the tensors' device (read here,
+# inside the op body, so that CUDA-graph capture sees them on the capturing stream). Every
+# output and the workspace are torch allocations; nothing synchronises or inspects values.
+# `cu`, `device_index` and `stream` are parameters so that the tests can also drive these
+# functions with the host emulation of the kernels (cuda/emu) on CPU tensors; lanes_per_row
+# forces the kernels' row mapping (0: automatic, 1: a thread per row, 32: a warp per row).
+
+
+def _cuda_launch_context(t: Tensor):
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _cuda_dtype(y: Tensor) -> str:
+    try:
+        return _CUDA_DTYPES[y.dtype]
+    except KeyError:
+        raise ValueError(f"y must be float32 or float64, got {y.dtype}") from None
+
+
+def _cuda_inputs(y: Tensor, *tensors):
+    """The tensors in y's dtype, contiguous, after checking they share y's device."""
+    out = []
+    for name, t in zip(("logits", "means", "scale", "rho"), tensors):
+        if t is None:
+            out.append(None)
+            continue
+        if t.device != y.device:
+            raise ValueError(f"{name} is on {t.device} but y is on {y.device}")
+        out.append(t.to(dtype=y.dtype).contiguous())
+    return out
+
+
+def _cuda_mask(mask: Optional[Tensor], y: Tensor) -> Optional[Tensor]:
+    """One byte per row, nonzero = keep (bool as is; other dtypes: != 0, so NaN keeps,
+    as on the CPU)."""
+    if mask is None:
+        return None
+    if mask.device != y.device:
+        raise ValueError(f"mask is on {mask.device} but y is on {y.device}")
+    return (mask if mask.dtype == torch.bool else mask != 0).contiguous()
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _cuda_workspace(nbytes: int, device: torch.device) -> Optional[Tensor]:
+    # Freed when the caller returns; the caching allocator only reuses it for work enqueued
+    # after ours on the same stream, so stream order keeps it valid.
+    return torch.empty((int(nbytes),), dtype=torch.uint8, device=device) if nbytes else None
+
+
+def _cuda_forward(cu, device_index: int, stream: int, y, logits, means, scale, rho, mask, covariance, mixture,
+                  save_responsibilities, lanes_per_row: int = 0):
+    dt = _cuda_dtype(y)
+    y = y.contiguous()
+    logits, means, scale, rho = _cuda_inputs(y, logits, means, scale, rho)
+    m = _cuda_mask(mask, y)
+    B, D = y.shape
+    K = logits.shape[-1]
+    out = torch.empty((B,), dtype=y.dtype, device=y.device)
+    resp = torch.empty(_resp_shape(logits) if save_responsibilities else (0,), dtype=y.dtype, device=y.device)
+    nbytes = cu.per_sample_workspace_bytes(dt, covariance, mixture, B, K, D, False, lanes_per_row)
+    ws = _cuda_workspace(nbytes, y.device)
+    cu.per_sample_log_prob(
+        device_index, stream, dt, covariance, mixture, B, K, D,
+        y.data_ptr(), logits.data_ptr(), means.data_ptr(), scale.data_ptr(), _ptr(rho), _ptr(m),
+        out.data_ptr(), resp.data_ptr() if save_responsibilities else 0, _ptr(ws), nbytes, lanes_per_row,
+    )
+    return out, resp
+
+
+def _cuda_backward(cu, device_index: int, stream: int, grad, resp, y, logits, means, scale, rho, mask, covariance,
+                   mixture, need_y, lanes_per_row: int = 0):
+    dt = _cuda_dtype(y)
+    for name, t in (("logits", logits), ("means", means), ("scale", scale), ("rho", rho)):
+        # the gradients are allocated like their inputs (as the fake implementation says)
+        # and written in y's dtype
+        if t is not None and t.dtype != y.dtype:
+            raise ValueError(f"{name} must have y's dtype {y.dtype} in the backward pass, got {t.dtype}")
+    y = y.contiguous()
+    logits, means, scale, rho = _cuda_inputs(y, logits, means, scale, rho)
+    m = _cuda_mask(mask, y)
+    if grad.device != y.device or resp.device != y.device:
+        raise ValueError(f"grad and resp must be on y's device {y.device}")
+    grad = grad.to(dtype=y.dtype).contiguous()  # an upstream gradient is often expanded (stride 0)
+    saved = resp.dim() > 1
+    if saved:
+        resp = resp.to(dtype=y.dtype).contiguous()
+    B, D = y.shape
+    K = logits.shape[-1]
+    g_y = y.new_empty((B, D) if need_y else (0, D))
+    g_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    g_means = torch.empty_like(means, memory_format=torch.contiguous_format)
+    g_scale = torch.empty_like(scale, memory_format=torch.contiguous_format)
+    g_rho = y.new_empty((0,)) if rho is None else torch.empty_like(rho, memory_format=torch.contiguous_format)
+    nbytes = cu.per_sample_workspace_bytes(dt, covariance, mixture, B, K, D, True, lanes_per_row)
+    ws = _cuda_workspace(nbytes, y.device)
+    cu.per_sample_log_prob_backward(
+        device_index, stream, dt, covariance, mixture, B, K, D,
+        grad.data_ptr(), resp.data_ptr() if saved else 0, y.data_ptr(), logits.data_ptr(), means.data_ptr(),
+        scale.data_ptr(), _ptr(rho), _ptr(m),
+        g_y.data_ptr() if need_y else 0, g_logits.data_ptr(), g_means.data_ptr(), g_scale.data_ptr(),
+        0 if rho is None else g_rho.data_ptr(), _ptr(ws), nbytes, lanes_per_row,
+    )
+    return g_y, g_logits, g_means, g_scale, g_rho
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -113,6 +251,11 @@ def per_sample_log_prob_op(
     Without save_responsibilities the second output is an empty (0,) tensor and the
     backward pass recomputes them."""
     _check_device(y)
+    if y.device.type == "cuda":
+        return _cuda_forward(
+            _cuda_module(), *_cuda_launch_context(y), y, logits, means, scale, rho, mask, covariance, mixture,
+            save_responsibilities,
+        )
     out = torch.empty((y.shape[0],), dtype=y.dtype, device=y.device)
     resp = torch.empty(_resp_shape(logits) if save_responsibilities else (0,), dtype=y.dtype, device=y.device)
     _core.per_sample_log_prob(
@@ -158,6 +301,11 @@ def per_sample_log_prob_backward_op(
     tensor unless rho is given.
     """
     _check_device(y)
+    if y.device.type == "cuda":
+        return _cuda_backward(
+            _cuda_module(), *_cuda_launch_context(y), grad, resp, y, logits, means, scale, rho, mask, covariance,
+            mixture, need_y,
+        )
     B, D = y.shape
     g_y = y.new_empty((B, D) if need_y else (0, D))
     g_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
