@@ -259,6 +259,10 @@ def _threads(n_threads) -> int:
     return int(n_threads) if n_threads else int(_core.build_info().get("max_threads", 1))
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _format_seconds(s: float) -> str:
     if s < 1e-3:
         return f"{s * 1e6:.0f} µs"
@@ -480,7 +484,7 @@ def cmd_fit(args) -> int:
     unit, limit = ("epochs", "--max-epochs") if args.mini_batch else ("iterations", "max_iter")
     feat = f"  ({', '.join(names)})" if names else ""
     print(
-        f"Fitted a {model.n_components}-component Gaussian mixture "
+        f"Fitted a Gaussian mixture of {model.n_components} component{'s' if model.n_components != 1 else ''} "
         f"(covariance_type={model.covariance_type!r}) to {args.data}",
         file=out,
     )
@@ -493,8 +497,8 @@ def cmd_fit(args) -> int:
         ("lower bound", f"{model.lower_bound_:.6f} (mean log-likelihood per sample)"),
         ("BIC", f"{bic:.4f}"),
         ("AIC", f"{aic:.4f}"),
-        ("time", f"{_format_seconds(elapsed)} ({_threads(args.threads)} threads, "
-                 f"{model.n_init} init{'s' if model.n_init > 1 else ''})"),
+        ("time", f"{_format_seconds(elapsed)} ({_plural(_threads(args.threads), 'thread')}, "
+                 f"{_plural(model.n_init, 'init')})"),
     ]
     if args.mini_batch:
         rows.insert(3, ("mode", f"mini-batch EM, batches of {args.chunk_size or 10_000} rows, "

@@ -50,7 +50,8 @@ class GaussianMixture(Distribution):
     mixture : "joint" (one mixture of D-dimensional Gaussians) or "per_dim" (an
         independent 1-D mixture per feature).
     backend : how log_prob is computed: "auto" (the fused op where it has a kernel for
-        the device, plain torch elsewhere — today: fused on the CPU, torch on CUDA),
+        the device, plain torch elsewhere: fused on the CPU, and on CUDA when gmmfast
+        was built with its CUDA kernels),
         "fused" or "torch".
 
     batch_shape is ``...``, event_shape ``(D,)``.

@@ -49,6 +49,8 @@ _SCALAR_PARAMS = (
     "verbose_interval",
     "recovery",
     "n_threads",
+    "learning_decay",
+    "learning_offset",
 )
 # An upper bound on what a model file may declare, so that a malicious header cannot
 # make load() allocate without limit before the checks run.
@@ -158,6 +160,11 @@ def load_model(path):
 
     path = os.fspath(path)
     with _open_regular_file(path) as fh:
+        magic = fh.read(4)
+        fh.seek(0)
+        if magic[:2] != b"PK" and magic != b"\x93NUM":
+            # np.load would call any other bytes "pickled (object) data"
+            raise _fail(path, "cannot be read as an .npz archive: it does not start with the zip signature")
         try:
             archive = np.load(fh, allow_pickle=False)
         except Exception as exc:  # zipfile, zlib, OSError, ValueError (pickles), ...

@@ -329,6 +329,7 @@ class NetVLAD(nn.Module):
         else:
             self.register_buffer("prior_logits", prior)
             self.register_buffer("log_alpha", log_alpha)
+        self.gmm_ = None  # the fitted gmmfast.GaussianMixture, set by fit_gmm_
 
     def extra_repr(self) -> str:
         return (f"feature_dim={self.feature_dim}, num_clusters={self.num_clusters}, "
