@@ -345,11 +345,13 @@ def test_core_binding_checks():
 def test_device_support():
     assert fused_available("cpu")
     assert not fused_available("meta")
-    # the CUDA kernel is not written yet: the op says so; the layers fall back to torch
-    assert not fused_available("cuda")
+    # CUDA: only with gmmfast._cuda's kernels and a device
+    has_cuda = ps._cuda_module() is not None and torch.cuda.is_available()
+    assert fused_available("cuda") == has_cuda
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available() or ps._cuda_module() is not None,
+                    reason="needs a CUDA device and a gmmfast built without its CUDA kernels")
 def test_cuda_op_raises_and_auto_backend_falls_back():
     case = [None if t is None else t.detach().cuda().requires_grad_() for t in make_case("diag", "joint")]
     with pytest.raises(NotImplementedError, match="CUDA kernel of gmmfast::per_sample_log_prob is not built yet"):
@@ -365,5 +367,14 @@ def test_cuda_error_message_without_a_gpu(monkeypatch):
     class FakeCuda:
         device = torch.device("cuda")
 
+    monkeypatch.setattr(ps, "_cuda_module", lambda: None)  # as in a build without CUDA
     with pytest.raises(NotImplementedError, match="not built yet"):
         ps._check_device(FakeCuda())
+    monkeypatch.setattr(ps, "_cuda_module", lambda: object())  # built with CUDA: accepted
+    ps._check_device(FakeCuda())
+
+    class FakeOther:
+        device = torch.device("meta")
+
+    with pytest.raises(NotImplementedError, match="no kernel for device meta"):
+        ps._check_device(FakeOther())
