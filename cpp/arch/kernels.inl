@@ -1251,21 +1251,50 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     int64_t far = 0;     // the centre that moved most, and the largest move of the others
     double far2 = 0.0;
     std::vector<TileScratch<T>> scratch(nt);
+    // Incremental centre sums: cluster k's members are summed as Σ w (x - a_k) around a
+    // fixed anchor a_k (its initial centre; a relocated cluster's new point), so that an
+    // iteration only touches the rows whose cluster changed instead of reading all of X
+    // (after the first few iterations, few rows move). owner[i] is the cluster whose sums
+    // hold row i; `members` counts each cluster's rows of positive weight, so that an
+    // emptied cluster is recognised exactly whatever the rounding of its weight sum.
     struct Acc {
         std::vector<double> sums, counts;
+        std::vector<int64_t> members;
         std::vector<int64_t> todo;
         int64_t changed = 0;
         double inertia = 0.0;
     };
     std::vector<Acc> acc(nt);
+    std::vector<int64_t> owner(static_cast<std::size_t>(N), -1);
+    std::vector<T> anchor(centres, centres + K * D);
     for (int64_t i = 0; i < N; ++i) labels[i] = -1;
     auto init_thread = [&](int tid) {
         scratch[tid].init(Bp, D, K, false, false, false);
         acc[tid].sums.assign(static_cast<std::size_t>(K * D), 0.0);
         acc[tid].counts.assign(static_cast<std::size_t>(K), 0.0);
+        acc[tid].members.assign(static_cast<std::size_t>(K), 0);
         acc[tid].todo.reserve(static_cast<std::size_t>(Bp));
         acc[tid].changed = 0;
         acc[tid].inertia = 0.0;
+    };
+    // moves row i's contribution from cluster `from` (-1: none) to `to` in (sums, counts,
+    // members)
+    auto move_row = [&](int64_t row, int64_t from, int64_t to, double* sums_, double* counts_,
+                        int64_t* members_) {
+        const double wi = w(row);
+        const T* x = X + row * D;
+        if (from >= 0) {
+            const T* a = anchor.data() + from * D;
+            double* s = sums_ + from * D;
+            for (int64_t d = 0; d < D; ++d) s[d] -= wi * double(x[d] - a[d]);
+            counts_[from] -= wi;
+            if (wi > 0.0) --members_[from];
+        }
+        const T* a = anchor.data() + to * D;
+        double* s = sums_ + to * D;
+        for (int64_t d = 0; d < D; ++d) s[d] += wi * double(x[d] - a[d]);
+        counts_[to] += wi;
+        if (wi > 0.0) ++members_[to];
     };
 
     // Full distances for the listed rows of a tile (compacted into one transposed
@@ -1304,8 +1333,8 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
         }
     };
 
-    // One assignment pass (bounds first, full distances only where they do not decide)
-    // fused with the centred sums Σ w (x - c_label) of the new labels.
+    // One assignment pass (bounds first, full distances only where they do not decide),
+    // then the changes of the anchored sums for the rows whose cluster changed.
     auto assign_pass = [&](bool use_bounds) {
         return parallel_tiles(ntiles, nt, exec.cancel, init_thread, [&](int64_t t, int tid) {
             TileScratch<T>& ws = scratch[tid];
@@ -1329,12 +1358,9 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
             assign_rows(ws, a, i0, a.todo);
             for (int64_t i = 0; i < n; ++i) {
                 const int64_t row = i0 + i, lab = labels[row];
-                const double wi = w(row);
-                a.counts[lab] += wi;
-                const T* x = X + row * D;
-                const T* c = centres + lab * D;
-                double* s = a.sums.data() + lab * D;
-                for (int64_t d = 0; d < D; ++d) s[d] += wi * double(x[d] - c[d]);
+                if (owner[row] == lab) continue;
+                move_row(row, owner[row], lab, a.sums.data(), a.counts.data(), a.members.data());
+                owner[row] = lab;
             }
         });
     };
@@ -1369,7 +1395,9 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     };
 
     bool strict = false;
-    std::vector<double> sums(static_cast<std::size_t>(K * D)), counts(static_cast<std::size_t>(K));
+    // the anchored sums of the current owners (persistent across iterations)
+    std::vector<double> sums(static_cast<std::size_t>(K * D), 0.0), counts(static_cast<std::size_t>(K), 0.0);
+    std::vector<int64_t> members(static_cast<std::size_t>(K), 0);
     std::vector<double> next(static_cast<std::size_t>(K * D));
     std::vector<T> old(static_cast<std::size_t>(K * D));
     update_separation();
@@ -1378,15 +1406,21 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
             res.status = Status::Interrupted;
             return res;
         }
-        std::fill(sums.begin(), sums.end(), 0.0);
-        std::fill(counts.begin(), counts.end(), 0.0);
         int64_t changed = 0;
-        for (const Acc& a : acc) {
+        for (const Acc& a : acc) {  // thread order: deterministic
             if (a.counts.empty()) continue;
             for (std::size_t j = 0; j < sums.size(); ++j) sums[j] += a.sums[j];
-            for (int64_t k = 0; k < K; ++k) counts[k] += a.counts[k];
+            for (int64_t k = 0; k < K; ++k) {
+                counts[k] += a.counts[k];
+                members[k] += a.members[k];
+            }
             changed += a.changed;
         }
+        for (int64_t k = 0; k < K; ++k)
+            if (members[k] == 0) {  // no row of positive weight: exactly empty
+                counts[k] = 0.0;
+                std::fill(sums.begin() + k * D, sums.begin() + (k + 1) * D, 0.0);
+            }
         // Empty clusters take the points farthest from their centres (scikit-learn's
         // relocation), largest distance first, ties by row; that needs exact distances.
         std::vector<int64_t> empty;
@@ -1395,7 +1429,7 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
         for (int64_t k = 0; k < K; ++k)
             for (int64_t d = 0; d < D; ++d)
                 next[k * D + d] = counts[k] > 0.0
-                                      ? double(centres[k * D + d]) + sums[k * D + d] / counts[k]
+                                      ? double(anchor[k * D + d]) + sums[k * D + d] / counts[k]
                                       : double(centres[k * D + d]);
         if (!empty.empty()) {
             if (exact_pass(false) == Status::Interrupted) {
@@ -1421,17 +1455,22 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
                                   return mind[a] > mind[b] || (mind[a] == mind[b] && a < b);
                               });
             for (int64_t e = 0; e < m; ++e) {
-                const int64_t row = order[e], from = labels[row], to = empty[e];
+                const int64_t row = order[e], from = owner[row], to = empty[e];
                 const double wi = w(row);
                 const T* x = X + row * D;
                 if (counts[from] - wi > 0.0) {
+                    // the row moves to the empty cluster, re-anchored at the row itself
+                    std::copy(x, x + D, anchor.begin() + to * D);
+                    std::fill(sums.begin() + to * D, sums.begin() + (to + 1) * D, 0.0);
+                    counts[to] = 0.0;
+                    members[to] = 0;
+                    move_row(row, from, to, sums.data(), counts.data(), members.data());
+                    owner[row] = to;
                     for (int64_t d = 0; d < D; ++d)
-                        sums[from * D + d] -= wi * double(x[d] - centres[from * D + d]);
-                    counts[from] -= wi;
-                    for (int64_t d = 0; d < D; ++d)
-                        next[from * D + d] = double(centres[from * D + d]) + sums[from * D + d] / counts[from];
+                        next[from * D + d] = double(anchor[from * D + d]) + sums[from * D + d] / counts[from];
                 }
-                counts[to] = wi;
+                // (otherwise the row would empty its own cluster: it stays there, and the
+                // empty cluster only takes its position)
                 for (int64_t d = 0; d < D; ++d) next[to * D + d] = double(x[d]);
             }
         }
