@@ -6,6 +6,8 @@ blocks, variance block negated), a direct torch NetVLAD with [B, N, K, D] tensor
 float64 gradcheck.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -265,7 +267,9 @@ def test_fisher_digits_demo_quick(tmp_path):
     spec = importlib.util.spec_from_file_location("cnn_fisher_digits", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    rows = demo.main(["--quick", "--out", str(tmp_path)])
+    rows = demo.main(["--quick", "--out", str(tmp_path), "--json", str(tmp_path / "results.json")])
     assert (tmp_path / "fisher_digits_gmm.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert {k: v["per_seed"] for k, v in saved["results"]["accuracy"].items()} == rows
     fv = [v for k, v in rows.items() if k.startswith("Fisher vector")][0]
     assert np.mean(fv) > 0.8  # 10 classes: chance is 0.1

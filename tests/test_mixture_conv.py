@@ -6,6 +6,7 @@ torch.library.opcheck, and torch.nn.functional.conv2d with an ordinary weight.
 """
 
 import importlib.util
+import json
 import math
 import pathlib
 
@@ -254,8 +255,10 @@ def test_mixture_conv_digits_demo_quick(tmp_path):
                                                   EXAMPLES / "cnn_mixture_conv_digits.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    results = demo.main(["--quick", "--out", str(tmp_path)])
+    results = demo.main(["--quick", "--out", str(tmp_path), "--json", str(tmp_path / "results.json")])
     assert (tmp_path / "mixture_conv_kernels.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert {k: v["per_seed"] for k, v in saved["results"]["models"].items()} == results
     for name, accs in results.items():
         assert all(0.0 <= a <= 1.0 for a in accs), name
         assert np.mean(accs) > 0.3, name  # far above chance (10 %) even after the quick run

@@ -7,6 +7,7 @@ QuadraticDiscriminantAnalysis / GaussianNB for the closed-form (GDA) fit.
 """
 
 import importlib.util
+import json
 import math
 import pathlib
 
@@ -332,8 +333,10 @@ def _load_example(name):
 
 def test_lgm_digits_demo_quick(tmp_path):
     demo = _load_example("cnn_lgm_digits")
-    results = demo.main(["--quick", "--out", str(tmp_path)])
+    results = demo.main(["--quick", "--out", str(tmp_path), "--json", str(tmp_path / "results.json")])
     assert (tmp_path / "lgm_digits_features2d.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert saved["results"]["dims"]["64"]["lgm"]["per_seed"] == results[("lgm", 64)]
     for key, accs in results.items():
         assert all(0.0 <= a <= 1.0 for a in accs), key
     # even the quick run learns: far above chance (10 %)
