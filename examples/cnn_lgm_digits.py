@@ -8,7 +8,7 @@ own stratified train/test split); the script prints test accuracy mean ± std an
 the 2-D test features of both heads. A third row refits a Gaussian-discriminant head in
 closed form (``fit_gda_``, shared full covariance) on the frozen softmax features.
 
-    python examples/cnn_lgm_digits.py            # 5 seeds, 40 epochs (several minutes on 2 cores)
+    python examples/cnn_lgm_digits.py            # 5 seeds, 40 epochs (about 3.5 minutes on 2 cores)
     python examples/cnn_lgm_digits.py --quick    # 1 seed, 3 epochs (seconds)
 
 The printed accuracies (with the settings, torch version, elapsed time and date) are also

@@ -13,7 +13,7 @@ several seeds (each seed draws its own training subset and initialisation):
 Prints test accuracy mean ± std and parameter counts; draws the learned first-layer
 kernels of both models (seed 0) with the mixture components' 1-σ ellipses.
 
-    python examples/cnn_mixture_conv_digits.py           # 5 seeds, 80 epochs (several minutes on 2 cores)
+    python examples/cnn_mixture_conv_digits.py           # 5 seeds, 80 epochs (about 25 s on 2 cores)
     python examples/cnn_mixture_conv_digits.py --quick   # 1 seed, 6 epochs (seconds)
 
 The printed accuracies and parameter counts (with the settings, torch version, elapsed time

@@ -19,7 +19,7 @@ shows the one-step-ahead predictive intervals over the validation and test years
 free-running forecast (200 sampled futures from MDNRNN.generate, primed with 1700-1955)
 against what happened.
 
-    python examples/mdn_forecast.py               # ≈ 1 min on one core
+    python examples/mdn_forecast.py               # seconds on one core
     python examples/mdn_forecast.py --quick       # the test-suite version
 
 The figure goes to examples/figures/forecast.png and the printed numbers (with the settings,
