@@ -659,14 +659,27 @@ py::tuple py_finalize(const std::string& cov_s, const py::handle& nk_o, const py
         throw py::value_error("reg_covar must be a finite number >= 0, got " + std::to_string(reg_covar));
     if (!(nk_eps >= 0.0) || !std::isfinite(nk_eps))
         throw py::value_error("nk_eps must be a finite number >= 0");
-    double total = 0.0;
-    for (auto* a : {&nk, &s1, &s2, &centres}) {
-        const double* p = a->data();
-        for (py::ssize_t j = 0; j < a->size(); ++j)
-            if (!std::isfinite(p[j])) throw py::value_error("statistics must be finite");
+    // With return_failure (the torch ops: no value checks, as on the GPU) non-finite
+    // statistics are not an error: the outputs are computed regardless and `failed`
+    // names the first component whose statistics are not finite (if the factorisations
+    // did not already fail earlier). Without it, they are rejected.
+    int64_t first_nonfinite = -1;
+    for (int64_t k = 0; k < K && first_nonfinite < 0; ++k) {
+        bool ok = std::isfinite(nk.data()[k]);
+        for (int64_t d = 0; d < D; ++d)
+            ok = ok && std::isfinite(s1.data()[k * D + d]) && std::isfinite(centres.data()[k * D + d]);
+        const int64_t per = cov == Covariance::Tied ? 0 : s2.size() / K;
+        for (int64_t j = 0; j < per; ++j) ok = ok && std::isfinite(s2.data()[k * per + j]);
+        if (!ok) first_nonfinite = k;
     }
+    if (cov == Covariance::Tied && first_nonfinite < 0)
+        for (py::ssize_t j = 0; j < s2.size() && first_nonfinite < 0; ++j)
+            if (!std::isfinite(s2.data()[j])) first_nonfinite = 0;
+    if (first_nonfinite >= 0 && !return_failure) throw py::value_error("statistics must be finite");
+    double total = 0.0;
     for (int64_t k = 0; k < K; ++k) total += nk.data()[k] + nk_eps;
-    if (!(total > 0.0)) throw py::value_error("the statistics carry no weight (sum of nk <= 0)");
+    if (!(total > 0.0) && !(return_failure && first_nonfinite >= 0))
+        throw py::value_error("the statistics carry no weight (sum of nk <= 0)");
 
     {  // resource limits (issue 8)
         MemoryEstimate m("finalize");
@@ -689,6 +702,7 @@ py::tuple py_finalize(const std::string& cov_s, const py::handle& nk_o, const py
         py::gil_scoped_release release;
         failed = finalize(cov, K, D, nk.data(), s1.data(), s2.data(), centres.data(), reg_covar, nk_eps, out);
     }
+    if (first_nonfinite >= 0 && (failed < 0 || first_nonfinite < failed)) failed = first_nonfinite;
     if (return_failure) return py::make_tuple(weights, means, covariances, prec_chol, log_det, failed);
     if (failed >= 0) throw py::value_error(std::string(kIllDefined) + (float32_message ? kIllDefinedF32 : ""));
     return py::make_tuple(weights, means, covariances, prec_chol, log_det);

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import gmmfast.ops as ops  # noqa: E402
 import gmmfast.torch as gt  # noqa: E402
+from gmmfast._types import EMStats  # noqa: E402
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 OUTPUTS = ["sample", "log_resp", "weighted"]
@@ -158,6 +159,30 @@ def test_finalize_reports_failure_without_raising():
     st = gt.em_stats(X, lw, mu, U, "full")
     assert gt.finalize(st, reg_covar=0.0).failed.item() == 0
     assert gt.finalize(st, reg_covar=1e-3).failed.item() == -1
+
+
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("where", ["nk", "s1", "s2"])
+def test_finalize_of_non_finite_statistics_reports_instead_of_raising(cov, where):
+    """The torch op checks no values (as on the GPU): statistics with a NaN give
+    `failed` = the first component they touch (tied: the one covariance, 0) instead of
+    an exception; the NumPy op still rejects them."""
+    X = torch.randn(200, 3, dtype=F64) * 2.0
+    lw, mu, U = make_mixture(cov, K=3, D=3)
+    st = gt.em_stats(X, lw, mu, U, cov)
+    bad = getattr(st, where).clone()
+    if where == "s2" and cov == "tied":
+        bad[1, 2] = float("nan")
+    else:
+        bad[1] = float("nan")
+    res = gt.finalize(st._replace(**{where: bad}), reg_covar=1e-6)
+    # tied: one shared covariance, which any non-finite statistic spoils: its index 0
+    assert res.failed.item() == (0 if cov == "tied" else 1)
+    assert gt.finalize(st, reg_covar=1e-6).failed.item() == -1
+    with pytest.raises(ValueError, match="statistics must be finite"):
+        arrays = {n: (bad if n == where else getattr(st, n)).numpy() for n in ("nk", "s1", "s2")}
+        ops.finalize(EMStats(covariance_type=cov, centres=st.centres.numpy(), log_likelihood=0.0,
+                             weight_sum=float(st.weight_sum), **arrays), reg_covar=1e-6)
 
 
 def test_nan_propagates_like_torch():
