@@ -100,6 +100,8 @@ def save_model(model, path) -> None:
         "reg_covar_used": float(getattr(model, "reg_covar_", model.reg_covar)),
         "n_reseeds": int(getattr(model, "n_reseeds_", 0)),
     }
+    if hasattr(model, "n_batch_iter_"):  # fitted by online EM: partial_fit resumes its steps
+        meta["n_batch_iter"] = int(model.n_batch_iter_)
     # a model fitted on torch tensors is saved like any other (loading gives NumPy arrays)
     arrays = {name: np.ascontiguousarray(_host(getattr(model, name + "_"))) for name in _ARRAYS}
     path = os.fspath(path)
@@ -471,4 +473,6 @@ def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
         meta, "reg_covar_used", path, default=model.reg_covar, allow=lambda v: np.isfinite(v) and v >= 0
     )
     model.n_reseeds_ = _get_int(meta, "n_reseeds", path) if "n_reseeds" in meta else 0
+    if "n_batch_iter" in meta:
+        model.n_batch_iter_ = _get_int(meta, "n_batch_iter", path)
     return model

@@ -614,7 +614,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Validate, run EM, set the fitted attributes; returns the validated X (NumPy, or
         a tensor on its device when X is a torch tensor)."""
         self._check_params()
-        self.__dict__.pop("_online", None)  # a new fit ends online EM
+        self._reset_online()  # a new fit ends online EM
         if is_tensor(X):
             return self._fit_tensor(X, sample_weight)
         if _is_dask_array(X):
@@ -690,7 +690,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         from .streaming import ChunkSource
 
         self._check_params()
-        self.__dict__.pop("_online", None)
+        self._reset_online()
         source = ChunkSource(chunks)
         if not source.reiterable:
             raise TypeError(
@@ -731,7 +731,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (``init_params`` on the chunk, or the given *_init; the chunk needs at least
         n_components rows) and starts s at the statistics of that mixture; on a fitted
         model (after ``fit``, ``fit_chunks`` or :func:`gmmfast.load`) it starts from the
-        fitted mixture. ``fit`` ends online EM; ``n_init`` does not apply.
+        fitted mixture, and a model fitted by online EM (``n_batch_iter_`` set, also after
+        save and load) continues its step schedule at t = ``n_batch_iter_`` + 1. ``fit``
+        ends online EM and removes ``n_batch_iter_``; ``n_init`` does not apply.
 
         The fitted attributes are updated after every call; ``lower_bound_`` is the
         chunk's mean log-likelihood under the mixture before the step, and
@@ -804,7 +806,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             _check_int("batch_size", batch_size, 1)
         from_fitted = bool(self.warm_start and hasattr(self, "means_"))
         if not from_fitted:
-            self.__dict__.pop("_online", None)
+            self._reset_online()
         names = None
         random_state = check_random_state(self.random_state)
         if is_chunk_source(X):
@@ -880,6 +882,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # online EM internals: _online holds a streaming.OnlineState
 
+    def _reset_online(self):
+        """A batch fit ends online EM: its state and its step count go."""
+        self.__dict__.pop("_online", None)
+        self.__dict__.pop("n_batch_iter_", None)
+
     def _start_online(self, X, sample_weight, random_state=None, from_fitted=None):
         from .streaming import OnlineState, implied_stats
 
@@ -901,7 +908,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             inits = self._checked_inits(X.shape[1])
             params = self._initial_params(X, sw, rs, inits, state)
         stats = implied_stats(params, state.reg_covar, dtype)
-        online = OnlineState(params, stats, dtype, state)
+        # a model fitted by online EM (also one saved and loaded again) continues its step
+        # schedule where it stopped instead of restarting with large steps
+        t = int(getattr(self, "n_batch_iter_", 0)) if from_fitted else 0
+        online = OnlineState(params, stats, dtype, state, t=t)
         self._online = online
         return online, X, sw
 
