@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -27,6 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from gmmfast.nn import FisherVectorPool, NetVLAD
+
+# the shared JSON writer beside this script (also when a test loads the script by path)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
 
 def descriptor_maps(images: np.ndarray, pos_weight: float) -> torch.Tensor:
@@ -48,23 +53,6 @@ def logistic_accuracy(train, ytr, test, yte, C=10.0):
     sc = StandardScaler().fit(train)
     clf = LogisticRegression(C=C, max_iter=2000).fit(sc.transform(train), ytr)
     return clf.score(sc.transform(test), yte)
-
-
-def write_json(path, args, results, elapsed) -> None:
-    """The measured results, the settings and the environment of this run as JSON."""
-    import datetime
-    import json
-
-    import gmmfast
-
-    doc = {"script": "examples/cnn_fisher_digits.py",
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "elapsed_seconds": elapsed, "torch": torch.__version__, "gmmfast": gmmfast.__version__,
-           "torch_threads": torch.get_num_threads(), "args": vars(args), "results": results}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
 
 
 def accuracy_summary(accs) -> dict:
@@ -160,7 +148,7 @@ def main(argv=None):
     if args.json:
         summary = {"pooling_and_classification_seconds": elapsed,
                    "accuracy": {name: accuracy_summary(accs) for name, accs in rows.items()}}
-        write_json(args.json, args, summary, time.perf_counter() - t_start)
+        write_results(args.json, __file__, args, summary, time.perf_counter() - t_start)
     return rows
 
 

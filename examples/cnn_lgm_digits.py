@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -27,6 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmmfast.nn import GaussianMixtureClassifier, LGMLoss
+
+# the shared JSON writer beside this script (also when a test loads the script by path)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
 
 def load_digits_split(seed: int, test_size: float = 0.3):
@@ -108,23 +113,6 @@ def scatter(ax, f, y, title, means=None):
     ax.set_xlabel("feature 1")
     ax.set_ylabel("feature 2")
     ax.set_aspect("equal", adjustable="datalim")
-
-
-def write_json(path, args, results, elapsed) -> None:
-    """The measured results, the settings and the environment of this run as JSON."""
-    import datetime
-    import json
-
-    import gmmfast
-
-    doc = {"script": "examples/cnn_lgm_digits.py",
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "elapsed_seconds": elapsed, "torch": torch.__version__, "gmmfast": gmmfast.__version__,
-           "torch_threads": torch.get_num_threads(), "args": vars(args), "results": results}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
 
 
 def accuracy_summary(accs) -> dict:
@@ -217,7 +205,7 @@ def main(argv=None):
             d["lgm_minus_softmax_points_per_seed"] = [
                 100 * (a - b) for a, b in zip(results[("lgm", dim)], results[("softmax", dim)])]
             summary["dims"][str(dim)] = d
-        write_json(args.json, args, summary, time.perf_counter() - t_start)
+        write_results(args.json, __file__, args, summary, time.perf_counter() - t_start)
     return results
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -32,6 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmmfast.nn import GaussianMixtureConv2d
+
+# the shared JSON writer beside this script (also when a test loads the script by path)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
 
 def load_scarce_digits(seed: int, per_class: int):
@@ -147,23 +152,6 @@ def draw_kernels(cnn, mix, path, acc_cnn, acc_mix):
     plt.close(fig)
 
 
-def write_json(path, args, results, elapsed) -> None:
-    """The measured results, the settings and the environment of this run as JSON."""
-    import datetime
-    import json
-
-    import gmmfast
-
-    doc = {"script": "examples/cnn_mixture_conv_digits.py",
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "elapsed_seconds": elapsed, "torch": torch.__version__, "gmmfast": gmmfast.__version__,
-           "torch_threads": torch.get_num_threads(), "args": vars(args), "results": results}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
-
-
 def accuracy_summary(accs) -> dict:
     """Test accuracies per seed, and their mean ± std in percent as printed."""
     a = 100 * np.asarray(accs)
@@ -230,7 +218,7 @@ def main(argv=None):
                                        **accuracy_summary(results[kind])}
         summary["mixture_minus_ordinary_points_per_seed"] = [
             100 * (a - b) for a, b in zip(results["mixture"], results["cnn"])]
-        write_json(args.json, args, summary, time.perf_counter() - t_start)
+        write_results(args.json, __file__, args, summary, time.perf_counter() - t_start)
     return results
 
 

@@ -29,8 +29,6 @@ torch version, elapsed time and date) to examples/results/mdn_forecast.json by d
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import pathlib
 import sys
@@ -40,6 +38,10 @@ import numpy as np
 import torch
 
 from gmmfast.nn import MDNRNN
+
+# the shared JSON writer beside this script (also when a test loads the script by path)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
 TRAIN_END, VALID_END = 1921, 1956  # first year of validation, first year of test
 
@@ -234,24 +236,6 @@ def plot(models, z, years, v, sc, n_train, n_valid, grid, path, n_paths):
     plt.close(fig)
 
 
-def write_json(path, args, run_kwargs, results, elapsed) -> None:
-    """The measured results, the settings and the environment of this run as JSON."""
-    import inspect
-
-    import gmmfast
-
-    defaults = {k: v.default for k, v in inspect.signature(run).parameters.items()}
-    doc = {"script": "examples/mdn_forecast.py",
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "elapsed_seconds": elapsed, "torch": torch.__version__, "gmmfast": gmmfast.__version__,
-           "torch_threads": torch.get_num_threads(), "args": vars(args), "run_settings": {**defaults, **run_kwargs},
-           "results": results}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300, help="Adam steps per model (early-stopped on validation)")
@@ -271,7 +255,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     res = run(**kw)
     if a.json:
-        write_json(a.json, a, kw, res, time.perf_counter() - t0)
+        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
     return 0
 
 

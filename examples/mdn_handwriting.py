@@ -29,8 +29,6 @@ by default.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import pathlib
 import sys
 import time
@@ -39,6 +37,10 @@ import numpy as np
 import torch
 
 from gmmfast.nn import MDNRNN
+
+# the shared JSON writer beside this script (also when a test loads the script by path)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _results import write_results  # noqa: E402
 
 # letter shapes on a baseline: x = w·t/2π + b·sin t, y = h (1 - cos t)/2, t in [0, 2π]
 # (a trochoid: up to the right, back to the left over the top when b > w/2π, which makes
@@ -206,24 +208,6 @@ def plot(examples, samples, path, K):
     plt.close(fig)
 
 
-def write_json(path, args, run_kwargs, results, elapsed) -> None:
-    """The measured results, the settings and the environment of this run as JSON."""
-    import inspect
-
-    import gmmfast
-
-    defaults = {k: v.default for k, v in inspect.signature(run).parameters.items()}
-    doc = {"script": "examples/mdn_handwriting.py",
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "elapsed_seconds": elapsed, "torch": torch.__version__, "gmmfast": gmmfast.__version__,
-           "torch_threads": torch.get_num_threads(), "args": vars(args), "run_settings": {**defaults, **run_kwargs},
-           "results": results}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=1500)
@@ -244,7 +228,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     res = run(**kw)
     if a.json:
-        write_json(a.json, a, kw, res, time.perf_counter() - t0)
+        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
     return 0
 
 
