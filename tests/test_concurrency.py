@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ import pytest
 import gmmfast
 from gmmfast import GaussianMixture, ops
 
-from conftest import random_mixture, sample_mixture
+from conftest import assert_releases_gil, random_mixture, sample_mixture
 
 FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
           "lower_bound_", "n_iter_", "converged_")
@@ -83,33 +82,8 @@ def _gil_cases():
 @pytest.mark.parametrize("name", ["log_prob", "em_stats", "kmeans_plusplus", "kmeans_lloyd"])
 def test_kernels_release_the_gil(name):
     """While a worker thread runs a single-threaded kernel, the main thread keeps running
-    Python: no pause of the main thread as long as a third of the call (a held GIL
-    shows as one gap of the whole call's length). Up to 3 attempts, so that a loaded
-    machine descheduling the main thread is not mistaken for a held GIL."""
-    call = _gil_cases()[name]
-    results = []
-    for _ in range(3):
-        window = {}
-
-        def work():
-            window["start"] = time.perf_counter()
-            call()
-            window["end"] = time.perf_counter()
-
-        worker = threading.Thread(target=work)
-        stamps = []
-        worker.start()
-        while worker.is_alive():
-            stamps.append(time.perf_counter())
-        worker.join()
-        duration = window["end"] - window["start"]
-        inside = np.array([s for s in stamps if window["start"] <= s <= window["end"]])
-        gap = float(np.max(np.diff(np.r_[window["start"], inside, window["end"]])))
-        results.append((round(duration, 3), inside.size, round(gap, 3)))
-        assert duration > 0.02, f"{name} is too short to tell ({duration:.3f} s)"
-        if inside.size > 100 and gap < duration / 3:
-            return
-    pytest.fail(f"the main thread stalled while {name} ran: (duration, iterations, largest gap) = {results}")
+    Python (conftest.assert_releases_gil)."""
+    assert_releases_gil(name, _gil_cases()[name], min_duration=0.02, min_iterations=100)
 
 
 # ======================================================================================

@@ -25,8 +25,6 @@ margin is >= 8x):
 
 from __future__ import annotations
 
-import threading
-import time
 import warnings
 
 import numpy as np
@@ -40,6 +38,7 @@ from gmmfast._types import EMStats, param_shape
 from conftest import (
     COVARIANCE_TYPES,
     abs_stats,
+    assert_releases_gil,
     assert_stats_close,
     assert_stats_identical,
     eps,
@@ -539,46 +538,13 @@ def test_float16_input_runs_in_float64(rng):
 
 
 def test_em_stats_releases_the_gil():
-    """While a worker thread runs a long em_stats (single-threaded, so one core stays
-    free on a 2-core machine), the main thread keeps executing Python. A held GIL shows
-    as one gap of about the whole call's length between main-thread iterations (checked
-    with a GIL-holding regex: gap 0.42 s of a 0.43 s call). Up to 3 attempts, so that
-    the main thread being descheduled on a loaded machine is not mistaken for it; a
-    held GIL fails every attempt."""
+    """A long em_stats in a worker thread leaves the main thread running Python
+    (conftest.assert_releases_gil says how that is told apart from a held GIL)."""
     rng = np.random.default_rng(0)
     mix = random_mixture(rng, "full", 64, 32)
     X = rng.normal(scale=4.0, size=(60_000, 32))  # ~0.2-0.3 s on one core
-
-    def attempt():
-        window = {}
-
-        def work():
-            window["start"] = time.perf_counter()
-            ops.em_stats(X, *mix.args(), n_threads=1)
-            window["end"] = time.perf_counter()
-
-        worker = threading.Thread(target=work)
-        stamps = []
-        worker.start()
-        while worker.is_alive():
-            stamps.append(time.perf_counter())
-        worker.join()
-        duration = window["end"] - window["start"]
-        inside = np.array([t for t in stamps if window["start"] <= t <= window["end"]])
-        largest_gap = np.max(np.diff(np.r_[window["start"], inside, window["end"]]))
-        return duration, inside.size, largest_gap
-
-    results = []
-    for _ in range(3):
-        duration, n_inside, largest_gap = attempt()
-        assert duration > 0.05, "the call is too short to tell (make X larger)"
-        results.append((duration, n_inside, largest_gap))
-        # progress: many iterations, and no pause longer than a third of the call
-        # (Python's switch interval is 5 ms)
-        if n_inside > 1000 and largest_gap < duration / 3:
-            return
-    pytest.fail(f"the main thread stalled while em_stats ran: (duration, iterations, "
-                f"largest gap) = {results}")
+    assert_releases_gil("em_stats", lambda: ops.em_stats(X, *mix.args(), n_threads=1),
+                        min_duration=0.05, min_iterations=1000)
 
 
 # ======================================================================================
