@@ -215,6 +215,17 @@ def test_check_fit_memory():
     _assert_memory_error(info, "GaussianMixture.fit", "statistics accumulators", "n_threads")
     ops.check_fit_memory(10_000, 3000, 1000, "diag")  # 1000 x 3000 diagonal: fine
     ops.check_fit_memory(10**6, 50, 20, "full")
+    # bad arguments are named, never estimated (a negative size would pass any check)
+    for args, words in [((-5, 3, 2), "n_samples"), ((10, 0, 2), "n_features"), ((10, 3, 2.5), "n_components"),
+                        ((10, 3, True), "n_components"), ((10, "x", 2), "n_features")]:
+        with pytest.raises(ValueError, match=words):
+            ops.check_fit_memory(*args)
+    with pytest.raises(ValueError, match="covariance_type"):
+        ops.check_fit_memory(10, 3, 2, "banana")
+    with pytest.raises(ValueError, match="init_params"):
+        ops.check_fit_memory(10, 3, 2, init_params="banana")
+    with pytest.raises(ValueError, match="n_threads"):
+        ops.check_fit_memory(10, 3, 2, n_threads=-1)
 
 
 def test_every_op_checks_memory(memory_limit):

@@ -29,6 +29,7 @@ Example
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -331,6 +332,9 @@ def em(
 # ------------------------------------------------------------- resource limits (issue 8)
 
 
+_INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
 def check_fit_memory(
     n_samples: int,
     n_features: int,
@@ -353,9 +357,15 @@ def check_fit_memory(
     after the initialisation. The native kernels check their own buffers too.
     """
     check_covariance_type(covariance_type)
+    for name, value in (("n_samples", n_samples), ("n_features", n_features), ("n_components", n_components)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if init_params not in _INIT_PARAMS:
+        raise ValueError(f"init_params must be one of {_INIT_PARAMS}, got {init_params!r}")
+    n_threads = n_threads_arg(n_threads)
     N, D, K = int(n_samples), int(n_features), int(n_components)
     item = np.dtype(_float_dtype(dtype)).itemsize
-    threads = _core.build_info()["max_threads"] if not n_threads else int(n_threads)
+    threads = _core.build_info()["max_threads"] if not n_threads else n_threads
     threads = max(1, min(threads, -(-N // 8)))
     P = float(np.prod(param_shape(covariance_type, K, D), dtype=np.float64))
     acc = {"full": K * float(D + 16) ** 2, "tied": float(D + 8) ** 2 + float(K) ** 2}.get(
