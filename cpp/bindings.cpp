@@ -765,7 +765,8 @@ py::tuple py_precision_cholesky(const py::handle& cov_o, const std::string& cov_
 // --------------------------------------------------------------------------------- kmeans
 
 py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::object& sw,
-                             uint64_t seed, int n_local_trials, int n_threads) {
+                             int64_t first, const py::handle& uniforms_o, int n_local_trials,
+                             int n_threads) {
     return dispatch_dtype(Xa, [&](auto tag) -> py::tuple {
         using T = decltype(tag);
         CArray<T> X = data_matrix<T>(Xa);
@@ -774,6 +775,17 @@ py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::
             throw py::value_error("n_clusters must be in [1, n_samples] = [1, " + std::to_string(N) + "], got " +
                                   std::to_string(n_clusters));
         if (n_local_trials < 1) throw py::value_error("n_local_trials must be >= 1");
+        if (first < 0 || first >= N)
+            throw py::value_error("first must be a row index in [0, " + std::to_string(N) + "), got " +
+                                  std::to_string(first));
+        CArray<double> uniforms = as_array<double>(uniforms_o, "uniforms");
+        const int64_t n_draws = (n_clusters - 1) * int64_t(n_local_trials);
+        if (uniforms.ndim() != 1 || uniforms.shape(0) != n_draws)
+            throw py::value_error("uniforms must have shape ((n_clusters - 1) * n_local_trials,) = (" +
+                                  std::to_string(n_draws) + ",), got " + shape_str(shape_of(uniforms)));
+        for (int64_t j = 0; j < n_draws; ++j)
+            if (!(uniforms.data()[j] >= 0.0 && uniforms.data()[j] <= 1.0))
+                throw py::value_error("uniforms must lie in [0, 1]");
         CArray<T> w;
         if (!sw.is_none()) {
             w = optional_weights<T>(sw, N, false);
@@ -801,8 +813,8 @@ py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::
         Status st;
         {
             py::gil_scoped_release release;
-            st = kmeans_plusplus<T>(X.data(), N, D, n_clusters, sw.is_none() ? nullptr : w.data(), seed,
-                                    n_local_trials, centres.mutable_data(), indices.mutable_data(), exec);
+            st = kmeans_plusplus<T>(X.data(), N, D, n_clusters, sw.is_none() ? nullptr : w.data(), first,
+                                    uniforms.data(), n_local_trials, centres.mutable_data(), indices.mutable_data(), exec);
         }
         check_interrupt(st);
         return py::make_tuple(centres, indices);
@@ -1173,7 +1185,7 @@ PYBIND11_MODULE(_core, m) {
           "float32_message"_a = false,
           "Covariances -> (precisions_cholesky, per-component log-det); spherical log-dets are per feature.");
     m.def("kmeans_plusplus", &py_kmeans_plusplus, "X"_a, "n_clusters"_a, "sample_weight"_a = py::none(),
-          "seed"_a = 0, "n_local_trials"_a = 1, "n_threads"_a = 0, "Greedy k-means++ seeding -> (centres, indices).");
+          "first"_a, "uniforms"_a, "n_local_trials"_a = 1, "n_threads"_a = 0, "Greedy k-means++ seeding -> (centres, indices).");
     m.def("kmeans_lloyd", &py_kmeans_lloyd, "X"_a, "centres"_a, "sample_weight"_a = py::none(),
           "max_iter"_a = 300, "tol"_a = 0.0, "n_threads"_a = 0,
           "Lloyd iterations -> (centres, labels, inertia, n_iter, converged).");

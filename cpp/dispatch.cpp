@@ -36,9 +36,9 @@ RunInfo em_stats(const T* X, int64_t N, const Mixture<T>& mix, const Responsibil
 
 template <class T>
 Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sample_weight,
-                       uint64_t seed, int n_local_trials, T* centres, int64_t* indices,
-                       const Exec& exec) {
-    GMMFAST_DISPATCH(kmeans_plusplus<T>(X, N, D, K, sample_weight, seed, n_local_trials,
+                       int64_t first, const double* uniforms, int n_local_trials, T* centres,
+                       int64_t* indices, const Exec& exec) {
+    GMMFAST_DISPATCH(kmeans_plusplus<T>(X, N, D, K, sample_weight, first, uniforms, n_local_trials,
                                         centres, indices, exec))
 }
 
@@ -63,7 +63,7 @@ RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix, const Resp
                                  const Responsibilities<T>&, const T*, const T*, Stats&,       \
                                  const Exec&);                                                 \
     template Status kmeans_plusplus<T>(const T*, int64_t, int64_t, int64_t, const T*,         \
-                                       uint64_t, int, T*, int64_t*, const Exec&);              \
+                                       int64_t, const double*, int, T*, int64_t*, const Exec&); \
     template KMeansResult kmeans_lloyd<T>(const T*, int64_t, int64_t, int64_t, const T*, T*,   \
                                           int64_t*, int, double, const Exec&);                 \
     template RunInfo log_prob_grad_x<T>(const T*, int64_t, const Mixture<T>&,                  \

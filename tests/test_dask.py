@@ -102,10 +102,13 @@ def test_initialisation_on_dask(client, init_params):
     got = gmmfast.dask.fit(GaussianMixture(**kw), Xd, candidates_per_block=250)
     assert_close_fit(got, GaussianMixture(**kw).fit(X), 1e-9)
     if init_params in ("kmeans", "k-means++"):
-        # blocks of 250 rows summarised by max(8, ceil(12 ln 5)) = 20 candidates
-        summarised = GaussianMixture(**kw).fit(Xd)
-        ref = GaussianMixture(n_init=3, **kw).fit(X)
-        assert summarised.lower_bound_ == pytest.approx(ref.lower_bound_, abs=1e-3)
+        # blocks of 250 rows summarised by max(8, ceil(12 ln 5)) = 20 candidates. Both
+        # run to tol=1e-6: at the default tol=1e-3 two fits of one optimum from
+        # different starts stop up to a few 1e-3 apart, which says nothing of the optimum
+        tight = dict(kw, tol=1e-6)
+        summarised = GaussianMixture(**tight).fit(Xd)
+        ref = GaussianMixture(n_init=3, **tight).fit(X)
+        assert summarised.lower_bound_ == pytest.approx(ref.lower_bound_, abs=1e-4)
 
 
 def test_only_statistics_move(client):

@@ -167,3 +167,64 @@ def test_kmeans_float32_and_init_options(rng):
         ops.kmeans(X32, 3, init="kmeans")
     with pytest.raises(ValueError, match=r"init must have shape"):
         ops.kmeans(X32, 3, init=np.zeros((2, 3)))
+
+
+# ------------------------------------------------- scikit-learn's random draws (issue 3)
+
+
+def _overlapping(rng, n=4000, d=6, k=10):
+    """Overlapping blobs: k-means needs many iterations and k-means++ many draws."""
+    X, _ = blobs(rng, n, d, k, spread=2.0)
+    return X
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kmeans_plusplus_draws_scikit_learns_seeds(weighted, rng):
+    """float64: the same seeds as sklearn.cluster.kmeans_plusplus for the same
+    random_state (an int, a RandomState or a Generator), and the stream is left where
+    scikit-learn leaves it. The NumPy reference follows the same draws."""
+    sk = pytest.importorskip("sklearn.cluster")
+    X = _overlapping(rng)
+    w = rng.uniform(0.5, 2.0, size=X.shape[0]) if weighted else None
+    for seed in range(6):
+        want = sk.kmeans_plusplus(X, 12, random_state=seed, sample_weight=w)[1]
+        np.testing.assert_array_equal(ops.kmeans_plusplus(X, 12, random_state=seed, sample_weight=w)[1], want)
+        np.testing.assert_array_equal(ref.kmeans_plusplus(X, 12, random_state=seed, sample_weight=w)[1], want)
+        a, b = np.random.RandomState(seed), np.random.RandomState(seed)
+        sk.kmeans_plusplus(X, 12, random_state=a, sample_weight=w)
+        ops.kmeans_plusplus(X, 12, random_state=b, sample_weight=w)
+        assert a.randint(2**31) == b.randint(2**31)  # the same number of draws consumed
+    # a Generator (which scikit-learn does not take) is drawn from in the same order
+    np.testing.assert_array_equal(ops.kmeans_plusplus(X, 5, random_state=np.random.default_rng(7))[1],
+                                  ref.kmeans_plusplus(X, 5, random_state=np.random.default_rng(7))[1])
+
+
+def test_kmeans_matches_scikit_learn_kmeans_with_the_same_random_state(rng):
+    """One k-means run (k-means++ and Lloyd) gives scikit-learn's KMeans(n_init=1)
+    labels and iteration count for the same random_state, and its centres to rounding
+    (scikit-learn centres X first and uses ‖x‖² - 2x·c + ‖c‖² distances: rtol 1e-10)."""
+    sk = pytest.importorskip("sklearn.cluster")
+    X = _overlapping(rng)
+    for seed in range(4):
+        km = sk.KMeans(10, n_init=1, random_state=seed).fit(X)
+        got = ops.kmeans(X, 10, random_state=seed)
+        np.testing.assert_array_equal(got.labels, km.labels_)
+        assert got.n_iter == km.n_iter_
+        np.testing.assert_allclose(got.centres, km.cluster_centers_, rtol=1e-10, atol=1e-10)
+        # init='random' draws scikit-learn's rows
+        km = sk.KMeans(10, init="random", n_init=1, random_state=seed).fit(X)
+        got = ops.kmeans(X, 10, init="random", random_state=seed)
+        np.testing.assert_array_equal(got.labels, km.labels_)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 2, 150, 65535, 65536, 65537, 200_001])
+def test_first_seed_is_numpys_weighted_choice(dtype, n):
+    """The unweighted first seed is drawn without NumPy's three n-element arrays but is
+    the index (and the draw) of rs.choice(n, p=ones / n), for RandomState and Generator."""
+    for seed in range(25):
+        for make in (np.random.RandomState, np.random.default_rng):
+            a, b = make(seed), make(seed)
+            want = a.choice(n, p=np.ones(n, dtype) / np.ones(n, dtype).sum())
+            assert ops._uniform_choice(b, n, dtype) == want
+            assert a.random() == b.random() if make is np.random.default_rng else a.rand() == b.rand()

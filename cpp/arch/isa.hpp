@@ -58,8 +58,9 @@ private:
                      const T* sample_weight, Stats& out, const Exec& exec);                    \
     template <class T>                                                                         \
     Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K,                        \
-                           const T* sample_weight, uint64_t seed, int n_local_trials,          \
-                           T* centres, int64_t* indices, const Exec& exec);                    \
+                           const T* sample_weight, int64_t first, const double* uniforms,      \
+                           int n_local_trials, T* centres, int64_t* indices,                   \
+                           const Exec& exec);                                                  \
     template <class T>                                                                         \
     KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K,                     \
                               const T* sample_weight, T* centres, int64_t* labels,             \

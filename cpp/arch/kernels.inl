@@ -35,7 +35,6 @@
 
 #include "gmmfast/runtime.hpp"
 #include "isa.hpp"
-#include "rng.hpp"
 
 namespace gmmfast {
 namespace GMMFAST_ISA_NS {
@@ -961,21 +960,52 @@ private:
 // ---------------------------------------------------------------------------------------
 // k-means helpers
 
-/// Squared distances of the tile's rows to `m` centres: L = -½ d² (estep_diag with unit
-/// precisions and zero constants), then d2[j][i] = -2 L[j][i].
+/// L[k][i] = -½ Σ_d (XT[d][i] - c_kd)² for centres k0 .. k0+KB-1 and `n_rows` rows:
+/// the values of estep_diag with unit precisions and zero constants, bit for bit (the
+/// same differences and fused multiply-adds in the same order), but register-blocked
+/// over KB centres so that each row vector is loaded once per KB centres and the
+/// multiplication by the unit precision is gone: a subtraction and an FMA per term.
+template <class T, int KB>
+inline void sqdist_block(const T* XT, int64_t Bp, int64_t D, int64_t k0, const T* c, T* L,
+                         int64_t n_rows) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    const V mhalf = vsplat<T>(T(-0.5));
+    for (int64_t i0 = 0; i0 < n_rows; i0 += W * kIV) {
+        V acc[KB][kIV] = {};
+        for (int64_t d = 0; d < D; ++d) {
+            const T* x = XT + d * Bp + i0;
+            V xv[kIV];
+            for (int v = 0; v < kIV; ++v) xv[v] = vload(x + v * W);
+            for (int b = 0; b < KB; ++b) {
+                const V m = vsplat<T>(c[(k0 + b) * D + d]);
+                for (int v = 0; v < kIV; ++v) {
+                    const V z = xv[v] - m;
+                    acc[b][v] += z * z;
+                }
+            }
+        }
+        for (int b = 0; b < KB; ++b)
+            for (int v = 0; v < kIV; ++v) vstore(L + (k0 + b) * Bp + i0 + v * W, mhalf * acc[b][v]);
+    }
+}
+
+/// Squared distances of the tile's rows to `m` centres: L = -½ d² (as estep_diag with
+/// unit precisions and zero constants computes it), then d2[j][i] = -2 L[j][i].
 template <class T>
 struct DistanceTile {
+    static constexpr int kKB = kManyRegs ? 4 : 2;  // centres per register block
     int64_t D = 0, m = 0, Bp = 0;
-    std::vector<T> ones, zeros;
     void init(int64_t D_, int64_t m_, int64_t Bp_) {
         D = D_;
         m = m_;
         Bp = Bp_;
-        ones.assign(static_cast<std::size_t>(m * D), T(1));
-        zeros.assign(static_cast<std::size_t>(m), T(0));
     }
     void operator()(const T* XT, const T* centres, T* L, int64_t rows = -1) const {
-        estep_diag(XT, Bp, D, m, centres, ones.data(), zeros.data(), L, rows);
+        const int64_t n_rows = rows < 0 ? Bp : rows;
+        int64_t k = 0;
+        for (; k + kKB <= m; k += kKB) sqdist_block<T, kKB>(XT, Bp, D, k, centres, L, n_rows);
+        for (; k < m; ++k) sqdist_block<T, 1>(XT, Bp, D, k, centres, L, n_rows);
     }
 };
 
@@ -1083,8 +1113,8 @@ RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix, const Resp
 
 template <class T>
 Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sample_weight,
-                       uint64_t seed, int n_local_trials, T* centres, int64_t* indices,
-                       const Exec& exec) {
+                       int64_t first, const double* uniforms, int n_local_trials, T* centres,
+                       int64_t* indices, const Exec& exec) {
     const int64_t trials = std::max(1, n_local_trials);
     const int64_t Bp = tile_rows<T>(D, trials, false);
     const int64_t ntiles = (N + Bp - 1) / Bp;
@@ -1123,15 +1153,7 @@ Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sam
         return N - 1;
     };
 
-    // First centre: drawn with probability ∝ w.
-    std::vector<double> wsum(static_cast<std::size_t>(ntiles), 0.0);
-    for (int64_t t = 0; t < ntiles; ++t)
-        for (int64_t i = t * Bp; i < std::min(N, (t + 1) * Bp); ++i) wsum[t] += w(i);
-    double wtotal = 0.0;
-    for (double v : wsum) wtotal += v;
-    Xoshiro256 rng(seed);
-    const int64_t first = search(rng.uniform() * wtotal, wsum, w);
-
+    // The first centre was drawn by the caller (with probability ∝ w).
     auto set_centre = [&](int64_t c, int64_t idx) {
         indices[c] = idx;
         std::copy(X + idx * D, X + (idx + 1) * D, centres + c * D);
@@ -1157,7 +1179,7 @@ Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sam
         double pot = 0.0;
         for (double v : tile_sum) pot += v;
         for (int64_t j = 0; j < trials; ++j) {
-            const double u = rng.uniform() * pot;
+            const double u = uniforms[(c - 1) * trials + j] * pot;
             cand_idx[j] = search(u, tile_sum, [&](int64_t i) { return w(i) * closest[i]; });
             std::copy(X + cand_idx[j] * D, X + (cand_idx[j] + 1) * D, cand.data() + j * D);
         }
@@ -1214,15 +1236,25 @@ Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sam
     return Status::Ok;
 }
 
-/// Squared Euclidean distance in the data's precision (as the distance tiles compute it).
+/// Squared Euclidean distance in the data's precision, summed in W lanes (a fixed
+/// order; a serial sum is one long chain of dependent FMAs). The bounds' rounding
+/// margin, (D + 8)·eps relative, covers any order of the D non-negative terms.
 template <class T>
 inline double sqdist(const T* x, const T* c, int64_t D) {
-    T acc = T(0);
-    for (int64_t d = 0; d < D; ++d) {
-        const T z = x[d] - c[d];
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    V acc = {};
+    int64_t d = 0;
+    for (; d + W <= D; d += W) {
+        const V z = vload(x + d) - vload(c + d);
         acc += z * z;
     }
-    return double(acc);
+    T s = hsum<T>(acc);
+    for (; d < D; ++d) {
+        const T z = x[d] - c[d];
+        s += z * z;
+    }
+    return double(s);
 }
 
 /// Lloyd's algorithm with Hamerly's bounds (Hamerly 2010): each point keeps an upper
@@ -1240,7 +1272,9 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     const int64_t Bp = tile_rows<T>(D, K, false);
     const int64_t ntiles = (N + Bp - 1) / Bp;
     const int nt = int(std::min<int64_t>(resolve_threads(exec.n_threads), std::max<int64_t>(ntiles, 1)));
-    constexpr int kBlock = lanes<T>() * kIV;
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    constexpr int kBlock = W * kIV;
     DistanceTile<T> dist;
     dist.init(D, K, Bp);
     auto w = [&](int64_t i) { return sample_weight ? double(sample_weight[i]) : 1.0; };
@@ -1258,6 +1292,7 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
     // hold row i; `members` counts each cluster's rows of positive weight, so that an
     // emptied cluster is recognised exactly whatever the rounding of its weight sum.
     struct Acc {
+        std::vector<T> best, second, lab;  // assign_rows' per-row results
         std::vector<double> sums, counts;
         std::vector<int64_t> members;
         std::vector<int64_t> todo;
@@ -1274,6 +1309,8 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
         acc[tid].counts.assign(static_cast<std::size_t>(K), 0.0);
         acc[tid].members.assign(static_cast<std::size_t>(K), 0);
         acc[tid].todo.reserve(static_cast<std::size_t>(Bp));
+        for (auto* v : {&acc[tid].best, &acc[tid].second, &acc[tid].lab})
+            v->assign(static_cast<std::size_t>(Bp), T(0));
         acc[tid].changed = 0;
         acc[tid].inertia = 0.0;
     };
@@ -1311,24 +1348,31 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
         for (int64_t d = 0; d < D; ++d) std::fill(XT + d * Bp + m, XT + d * Bp + padded, T(0));
         dist(XT, centres, ws.L.data(), padded);
         const T* L = ws.L.data();
-        for (int64_t j = 0; j < m; ++j) {
-            int64_t lab = 0;
-            T best = L[j], second = -std::numeric_limits<T>::infinity();
+        // nearest (lowest index on ties) and second-nearest centre, W rows at a time
+        // without branches: these scans cost as much as the distances when not vectorised.
+        // The label is carried as a T (exact: K is far below 2^24, the L tile holds K·Bp)
+        T* best = a.best.data();
+        T* second = a.second.data();
+        T* lab = a.lab.data();
+        for (int64_t j0 = 0; j0 < padded; j0 += W) {
+            V b = vload(L + j0), s2 = vsplat<T>(-std::numeric_limits<T>::infinity()), l = {};
             for (int64_t k = 1; k < K; ++k) {
-                const T v = L[k * Bp + j];
-                if (v > best) {
-                    second = best;
-                    best = v;
-                    lab = k;
-                } else if (v > second) {
-                    second = v;
-                }
+                const V v = vload(L + k * Bp + j0);
+                const auto gt = v > b;
+                s2 = gt ? b : ((v > s2) ? v : s2);
+                b = gt ? v : b;
+                l = gt ? vsplat<T>(T(k)) : l;
             }
-            const int64_t row = i0 + rows[j];
-            if (labels[row] != lab) ++a.changed;
-            labels[row] = lab;
-            upper[row] = std::sqrt(-2.0 * double(best)) * (1.0 + slack);
-            lower[row] = K > 1 ? std::sqrt(std::max(-2.0 * double(second), 0.0)) * (1.0 - slack)
+            vstore(best + j0, b);
+            vstore(second + j0, s2);
+            vstore(lab + j0, l);
+        }
+        for (int64_t j = 0; j < m; ++j) {
+            const int64_t row = i0 + rows[j], k = int64_t(lab[j]);
+            if (labels[row] != k) ++a.changed;
+            labels[row] = k;
+            upper[row] = std::sqrt(-2.0 * double(best[j])) * (1.0 + slack);
+            lower[row] = K > 1 ? std::sqrt(std::max(-2.0 * double(second[j]), 0.0)) * (1.0 - slack)
                                : std::numeric_limits<double>::infinity();
         }
     };
@@ -1517,7 +1561,7 @@ KMeansResult kmeans_lloyd(const T* X, int64_t N, int64_t D, int64_t K, const T* 
                                  const Responsibilities<T>&, const T*, const T*, Stats&,       \
                                  const Exec&);                                                 \
     template Status kmeans_plusplus<T>(const T*, int64_t, int64_t, int64_t, const T*,         \
-                                       uint64_t, int, T*, int64_t*, const Exec&);              \
+                                       int64_t, const double*, int, T*, int64_t*, const Exec&); \
     template KMeansResult kmeans_lloyd<T>(const T*, int64_t, int64_t, int64_t, const T*, T*,   \
                                           int64_t*, int, double, const Exec&);                 \
     template RunInfo log_prob_grad_x<T>(const T*, int64_t, const Mixture<T>&,                  \

@@ -73,6 +73,14 @@ def check_random_state(random_state) -> np.random.RandomState:
     )
 
 
+def set_rng_state(dst, src) -> None:
+    """Moves generator ``dst`` to the state of ``src`` (both RandomState or both Generator)."""
+    if isinstance(dst, np.random.Generator):
+        dst.bit_generator.state = src.bit_generator.state
+    else:
+        dst.set_state(src.get_state())
+
+
 def seed_from(random_state) -> int:
     """A 63-bit seed for the native generator, drawn from random_state."""
     rs = check_random_state(random_state)

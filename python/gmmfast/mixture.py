@@ -626,6 +626,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             # it would copy all of it, so it is streamed by blocks of rows instead
             return self._fit_memmap_by_blocks(X, sample_weight)
         X = self._validate_X(X, reset=True, min_samples=2)
+        # one C-contiguous copy of a Fortran-ordered (or strided) X, instead of one per
+        # native call; it also makes NumPy's column means, whose rounding depends on the
+        # layout, the same as for the C-ordered array, so a fit does not depend on layout
+        X = np.ascontiguousarray(X)
         sw = self._fit_weights(X, sample_weight)
         self._run_em(NumpyEngine(self, X, sw))
         return X
@@ -1140,6 +1144,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
                 )
             else:
+                # gmmfast's own stream (not scikit-learn's permutation of all N rows):
+                # the chunked, Dask and torch.distributed fits draw the same rows
                 rs = np.random.default_rng(seed_from(random_state))
                 idx = rs.choice(N, size=K, replace=False)
             return self._one_hot_initial_stats(X, sw, np.asarray(idx))
@@ -1148,6 +1154,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 X, K, random_state=random_state, sample_weight=sw, n_threads=self.n_threads
             ).labels
         else:  # random
+            # gmmfast's own stream, which can jump to any row: the chunked, Dask and
+            # torch.distributed fits draw the same numbers block by block in parallel
             seed = seed_from(random_state)
         shape_only = dict(
             log_weights=np.zeros(K),

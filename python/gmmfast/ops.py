@@ -41,6 +41,7 @@ from ._validation import (
     as_data,
     as_param,
     check_covariance_type,
+    check_random_state,
     n_threads_arg,
     seed_from,
 )
@@ -419,22 +420,94 @@ def kmeans_plusplus(
     n_local_trials: Optional[int] = None,
     n_threads: Optional[int] = None,
 ):
-    """Greedy k-means++ seeding (scikit-learn's algorithm, gmmfast's random stream).
+    """Greedy k-means++ seeding: scikit-learn's algorithm and scikit-learn's random draws.
+
+    The random numbers come from ``random_state`` (None, an int, a ``RandomState`` or a
+    ``Generator``) in the order ``sklearn.cluster.kmeans_plusplus`` draws them: one
+    ``choice`` for the first centre, then ``n_local_trials`` uniforms per further centre.
+    The native kernel does the rest, so for float64 data the seeds are those of
+    scikit-learn for the same ``random_state`` (up to floating-point ties). For float32
+    data scikit-learn accumulates its sampling sums in float32 and gmmfast in float64, so
+    the picks can differ. ``n_local_trials`` defaults to 2 + int(log(n_clusters)).
 
     Returns ``(centres, indices)``: ``centres == X[indices]``. Deterministic for a given
     ``random_state`` whatever the thread count.
     """
     X = as_data(X)
+    N = X.shape[0]
+    K = int(n_clusters)
+    if not 1 <= K <= N:
+        raise ValueError(f"n_clusters must be in [1, n_samples] = [1, {N}], got {n_clusters}")
     if n_local_trials is None:
-        n_local_trials = 2 + int(np.log(n_clusters)) if n_clusters >= 1 else 1
-    return _core.kmeans_plusplus(
-        X,
-        int(n_clusters),
-        None if sample_weight is None else as_param(sample_weight, "sample_weight", X.dtype),
-        seed_from(random_state),
-        int(n_local_trials),
-        n_threads_arg(n_threads),
+        n_local_trials = 2 + int(np.log(K))
+    if int(n_local_trials) < 1:
+        raise ValueError(f"n_local_trials must be >= 1, got {n_local_trials}")
+    w = None if sample_weight is None else _seeding_weights(sample_weight, N, X.dtype)
+    first, uniforms = _kmeans_plusplus_draws(
+        check_random_state(random_state), N, K, int(n_local_trials), w, X.dtype
     )
+    return _core.kmeans_plusplus(X, K, w, first, uniforms, int(n_local_trials), n_threads_arg(n_threads))
+
+
+def _seeding_weights(sample_weight, n_samples: int, dtype) -> np.ndarray:
+    """sample_weight for seeding, checked before any random draw is made from it."""
+    w = as_param(sample_weight, "sample_weight", dtype)
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape (n_samples,) = ({n_samples},), got {w.shape}")
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"sample_weight must be finite, but entry {i} is {w[i]}")
+    if np.any(w < 0):
+        i = int(np.argmax(w < 0))
+        raise ValueError(f"sample_weight must be non-negative, but entry {i} is {w[i]}")
+    if not float(np.sum(w, dtype=np.float64)) > 0:
+        raise ValueError("sample_weight must not sum to zero")
+    return w
+
+
+def _kmeans_plusplus_draws(rs, n_samples: int, n_clusters: int, n_local_trials: int, w, dtype):
+    """The random numbers of one k-means++ seeding, drawn as scikit-learn draws them:
+    ``rs.choice(n, p=w / w.sum())`` (weights in the data's dtype, ones when None) and
+    then ``rs.uniform(size=n_local_trials)`` per further centre, which is the same stream
+    as one ``uniform`` call of all of them."""
+    if w is None and (np.dtype(dtype) == np.float64 or n_samples <= 2**24):
+        first = _uniform_choice(rs, n_samples, dtype)
+    else:
+        if w is None:
+            w = np.ones(n_samples, dtype=dtype)
+        first = int(rs.choice(n_samples, p=w / w.sum()))
+    uniforms = rs.uniform(size=(n_clusters - 1) * n_local_trials)
+    return first, np.ascontiguousarray(uniforms, dtype=np.float64)
+
+
+def _uniform_choice(rs, n: int, dtype, block: int = 1 << 16) -> int:
+    """``rs.choice(n, p=np.ones(n, dtype) / n)``, the same index and the same draw,
+    without its n-element arrays (three of them: a memory-mapped fit must not allocate
+    per row). NumPy converts p to float64, takes the sequential cumulative sum, divides
+    it by its last entry and returns the first index whose value exceeds one uniform
+    draw; the sum of the ones is n exactly (float32: n <= 2^24, which the caller checks).
+    """
+    q = float((np.ones(1, dtype=dtype) / np.asarray(n, dtype=dtype))[0])
+
+    def blocks():
+        carry = 0.0
+        for start in range(0, n, block):
+            run = np.full(min(block, n - start) + 1, q)
+            run[0] = carry
+            c = np.cumsum(run)[1:]  # sequential sums continuing from carry
+            carry = c[-1]
+            yield start, c
+
+    total = 0.0
+    for _, c in blocks():
+        total = c[-1]
+    u = rs.random() if isinstance(rs, np.random.Generator) else rs.random_sample()
+    for start, c in blocks():
+        c /= total
+        if c[-1] > u or start + c.size == n:
+            return start + min(int(np.searchsorted(c, u, side="right")), c.size - 1)
+    raise AssertionError("unreachable")
 
 
 def kmeans_lloyd(
@@ -512,8 +585,13 @@ def kmeans(
             X, n_clusters, random_state=random_state, sample_weight=sample_weight, n_threads=n_threads
         )
     elif isinstance(init, str) and init == "random":
-        rs = np.random.default_rng(seed_from(random_state))
-        centres = X[np.sort(rs.choice(X.shape[0], size=n_clusters, replace=False))]
+        # scikit-learn's KMeans(init='random') draw: rows ∝ sample_weight, no repeats
+        w = (np.ones(X.shape[0], dtype=X.dtype) if sample_weight is None
+             else _seeding_weights(sample_weight, X.shape[0], X.dtype))
+        seeds = check_random_state(random_state).choice(
+            X.shape[0], size=n_clusters, replace=False, p=w / w.sum()
+        )
+        centres = np.ascontiguousarray(X[seeds])
     elif isinstance(init, str):
         raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}")
     else:
@@ -570,13 +648,13 @@ def initial_params(
         resp = np.zeros((N, K), dtype=X.dtype)
         resp[idx, np.arange(K)] = 1
     elif init_params == "random":
+        # gmmfast's own stream (see GaussianMixture._initial_stats)
         rs = np.random.default_rng(seed_from(random_state))
         _check_resp_memory(N, K, np.float64, "initial_params")
         resp = rs.uniform(size=(N, K)).astype(X.dtype)
         resp /= resp.sum(axis=1, keepdims=True)
     elif init_params == "random_from_data":
-        rs = np.random.default_rng(seed_from(random_state))
-        idx = rs.choice(N, size=K, replace=False)
+        idx = np.random.default_rng(seed_from(random_state)).choice(N, size=K, replace=False)
         _check_resp_memory(N, K, X.dtype, "initial_params")
         resp = np.zeros((N, K), dtype=X.dtype)
         resp[idx, np.arange(K)] = 1

@@ -646,14 +646,15 @@ def kmeans_lloyd(X, centres, *, max_iter=300, tol=0.0, sample_weight=None):
 def kmeans_plusplus(
     X, n_clusters, *, random_state=None, sample_weight=None, n_local_trials=None
 ):
-    """Greedy k-means++ seeding, scikit-learn's algorithm with NumPy's Generator.
+    """Greedy k-means++ seeding, scikit-learn's algorithm and random draws.
 
     The first centre is drawn with probability ∝ g_i; each next one is the best (lowest
     resulting potential Σ g_i min_k ‖x_i - c_k‖²) of ``n_local_trials`` candidates drawn
     with probability ∝ g_i D(x_i)², D the distance to the closest chosen centre.
-    ``n_local_trials`` defaults to 2 + int(log(n_clusters)). The random stream is
-    ``np.random.default_rng(random_state)``, so the choices differ from scikit-learn's
-    and the native kernel's; only the algorithm is the same.
+    ``n_local_trials`` defaults to 2 + int(log(n_clusters)). ``random_state`` follows
+    scikit-learn's convention (an int seeds a ``RandomState``; a ``Generator`` is also
+    accepted) and is drawn from in scikit-learn's order: ``choice`` for the first
+    centre, then ``uniform(size=n_local_trials)`` per further centre.
 
     Returns ``(centres, indices)`` with ``centres == X[indices]`` (float64).
     """
@@ -666,7 +667,10 @@ def kmeans_plusplus(
     w = _check_positive_total_weight(_check_sample_weight(sample_weight, n_samples))
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
-    rng = np.random.default_rng(random_state)
+    if random_state is None or isinstance(random_state, (int, np.integer)):
+        rng = np.random.RandomState(random_state)
+    else:
+        rng = random_state
 
     indices = np.empty(n_clusters, dtype=np.intp)
     indices[0] = rng.choice(n_samples, p=w / w.sum())

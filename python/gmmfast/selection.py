@@ -29,6 +29,7 @@ shared labels and lets it do the rest.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import warnings
@@ -40,7 +41,7 @@ import numpy as np
 from . import _core, ops
 from ._compat import ConvergenceWarning
 from ._types import COVARIANCE_TYPES, param_shape
-from ._validation import check_random_state, seed_from
+from ._validation import check_random_state, set_rng_state
 from .mixture import GaussianMixture
 
 try:  # the estimator's helper for the initial means (see _stats_from_labels)
@@ -204,24 +205,47 @@ class ModelSelection:
 class _SharedInitCache:
     """k-means labels of one n_components, shared by its covariance types.
 
-    ``labels[i]`` belongs to the i-th initialisation (of ``n_init``). Computing it
-    consumes one draw of the estimator's random stream, as the estimator's own
-    ``ops.kmeans`` call does; reusing it consumes the same draw, so that every later
-    random draw of the fit is the one an independent fit makes.
+    ``labels[i]`` belongs to the i-th initialisation (of ``n_init``). Computing it draws
+    from the estimator's random stream, as the estimator's own ``ops.kmeans`` call does;
+    a reuse starts from the same stream state (checked; otherwise the labels are
+    computed afresh) and leaves the stream where the computation left it, so that every
+    later random draw of the fit is the one an independent fit makes.
     """
 
     def __init__(self):
         self.labels = {}
 
     def get(self, i, X, n_components, random_state, sample_weight, n_threads):
-        if i in self.labels:
-            seed_from(random_state)  # the draw ops.kmeans would have made
-        else:
-            self.labels[i] = ops.kmeans(
-                X, n_components, random_state=random_state, sample_weight=sample_weight,
-                n_threads=n_threads,
-            ).labels
-        return self.labels[i]
+        before = _rng_state(random_state)
+        hit = self.labels.get(i)
+        if hit is not None and _same_state(hit[0], before):
+            set_rng_state(random_state, hit[2])
+            return hit[1]
+        labels = ops.kmeans(
+            X, n_components, random_state=random_state, sample_weight=sample_weight,
+            n_threads=n_threads,
+        ).labels
+        self.labels[i] = (before, labels, copy.deepcopy(random_state))
+        return labels
+
+
+def _rng_state(rs):
+    return rs.bit_generator.state if isinstance(rs, np.random.Generator) else rs.get_state()
+
+
+def _same_state(a, b) -> bool:
+    """Equality of two RandomState.get_state() tuples or two bit_generator.state dicts."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and _same_state(list(a.items()), list(b.items()))
+    if isinstance(a, (tuple, list)):
+        return (
+            isinstance(b, (tuple, list))
+            and len(a) == len(b)
+            and all(_same_state(x, y) for x, y in zip(a, b))
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
 
 
 class _SharedInitMixture(GaussianMixture):

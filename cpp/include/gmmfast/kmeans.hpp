@@ -10,15 +10,19 @@ namespace gmmfast {
 ///
 /// @param X              size N * D
 /// @param sample_weight  size N or nullptr
-/// @param seed           seeds gmmfast's own xoshiro256** generator; the result depends
-///                       only on (X, weights, K, seed, n_local_trials), not on threads
+/// @param first          the first centre's row, drawn by the caller with probability ∝ w
+/// @param uniforms       size (K - 1) * n_local_trials, values in [0, 1): candidate j of
+///                       centre c is drawn at uniforms[(c - 1) * n_local_trials + j] times
+///                       the current potential. The caller draws them (the Python layer
+///                       from NumPy's RandomState, in scikit-learn's order), so the result
+///                       depends only on the inputs, not on threads
 /// @param centres        out, size K * D
 /// @param indices        out, size K: the rows chosen as centres
 /// @return Status::Interrupted when cancelled
 template <class T>
 Status kmeans_plusplus(const T* X, int64_t N, int64_t D, int64_t K, const T* sample_weight,
-                       uint64_t seed, int n_local_trials, T* centres, int64_t* indices,
-                       const Exec& exec = Exec{});
+                       int64_t first, const double* uniforms, int n_local_trials, T* centres,
+                       int64_t* indices, const Exec& exec = Exec{});
 
 struct KMeansResult {
     Status status = Status::Ok;
