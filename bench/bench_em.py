@@ -68,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--repeat", type=_positive_int, default=3,
         help="timed repetitions per iteration, best kept (default %(default)s)",
     )
+    p.add_argument(
+        "--fit-repeat", type=_positive_int, default=2,
+        help="complete fits per library and case, the fastest kept; every time is "
+        "recorded (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data seed (default %(default)s)")
     p.add_argument("--no-fit", action="store_true", help="skip the full fits")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")

@@ -176,12 +176,13 @@ def render(res: dict) -> str:
     if any(c["fit"] for c in res["cases"]):
         lines += [
             f"### Full fit (tol={s['tol']}, max_iter={s['max_iter']}, "
-            f"reg_covar={s['reg_covar']})",
+            f"reg_covar={s['reg_covar']}; fastest of {s.get('fit_repeat', 1)})",
             "",
             *fit_table(res),
             "",
             "`gmmfast` and `sklearn`: complete fits as a user runs them, each with its "
-            "own k-means initialisation (so they may end in different local optima). "
+            "own k-means initialisation (the same draws for the same random_state: in "
+            "float64 they reach the same optimum; in float32 they may not). "
             "`… EM` rows: EM only, all from gmmfast's k-means start (scikit-learn's own "
             "fit loop through `warm_start`), so they must agree; their speed-up is vs "
             "`gmmfast EM`. Final mean LL is the lower bound (scikit-learn's "
