@@ -563,7 +563,8 @@ def kmeans(
     sample_weight=None,
     n_threads: Optional[int] = None,
 ) -> KMeansResult:
-    """k-means (one run, like scikit-learn's ``KMeans(n_init=1)``).
+    """k-means (one run, like scikit-learn's ``KMeans(n_init=1)``, and with its random
+    draws: for float64 data the same ``random_state`` gives scikit-learn's labels).
 
     Parameters
     ----------
@@ -625,7 +626,10 @@ def initial_params(
     k-means++ seeds), 'random' (random responsibilities) or 'random_from_data' (one-hot
     at random rows). The parameters are the M-step of those responsibilities, computed
     by :func:`em_stats` in two passes (means first, then statistics centred at them), so
-    that no n_samples × n_components array is needed except for 'random'.
+    that no n_samples × n_components array is needed except for 'random'. 'kmeans' and
+    'k-means++' draw scikit-learn's random numbers (float64: scikit-learn's start for the
+    same ``random_state``); 'random' and 'random_from_data' use gmmfast's own generator,
+    which the chunked, Dask and torch.distributed fits can jump through in parallel.
     """
     check_covariance_type(covariance_type)
     X = as_data(X)
