@@ -248,7 +248,7 @@ def _run_fits(case, X, args, implementations, iteration):
 
     def record(key, impl_name, op, run):
         try:
-            times, out = timed(run, getattr(args, "fit_repeat", 1))
+            times, out = timed(run, args.fit_repeat)
         except Exception as exc:  # keep the other rows
             fits[key] = {"impl": impl_name, "op": op, "skipped": f"failed: {exc}"}
             log(f"   fit {key:16s} FAILED {exc!r}")

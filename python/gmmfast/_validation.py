@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import pickle
 
 import numpy as np
 
@@ -71,6 +72,13 @@ def check_random_state(random_state) -> np.random.RandomState:
     raise ValueError(
         f"random_state must be None, an int, a numpy RandomState or Generator, got {random_state!r}"
     )
+
+
+def rng_state_bytes(rs) -> bytes:
+    """The full state of a RandomState or Generator, as bytes that compare equal exactly
+    when the two generators would draw the same numbers."""
+    state = rs.bit_generator.state if isinstance(rs, np.random.Generator) else rs.get_state()
+    return pickle.dumps(state)
 
 
 def set_rng_state(dst, src) -> None:

@@ -90,6 +90,7 @@ from ._types import (
     ill_defined_covariance_message,
     param_shape,
 )
+from ._validation import check_random_state
 
 __all__ = [
     "log_prob",
@@ -667,10 +668,7 @@ def kmeans_plusplus(
     w = _check_positive_total_weight(_check_sample_weight(sample_weight, n_samples))
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
-    if random_state is None or isinstance(random_state, (int, np.integer)):
-        rng = np.random.RandomState(random_state)
-    else:
-        rng = random_state
+    rng = check_random_state(random_state)
 
     indices = np.empty(n_clusters, dtype=np.intp)
     indices[0] = rng.choice(n_samples, p=w / w.sum())

@@ -41,7 +41,7 @@ import numpy as np
 from . import _core, ops
 from ._compat import ConvergenceWarning
 from ._types import COVARIANCE_TYPES, param_shape
-from ._validation import check_random_state, set_rng_state
+from ._validation import check_random_state, rng_state_bytes, set_rng_state
 from .mixture import GaussianMixture
 
 try:  # the estimator's helper for the initial means (see _stats_from_labels)
@@ -216,9 +216,9 @@ class _SharedInitCache:
         self.labels = {}
 
     def get(self, i, X, n_components, random_state, sample_weight, n_threads):
-        before = _rng_state(random_state)
+        before = rng_state_bytes(random_state)
         hit = self.labels.get(i)
-        if hit is not None and _same_state(hit[0], before):
+        if hit is not None and hit[0] == before:
             set_rng_state(random_state, hit[2])
             return hit[1]
         labels = ops.kmeans(
@@ -227,25 +227,6 @@ class _SharedInitCache:
         ).labels
         self.labels[i] = (before, labels, copy.deepcopy(random_state))
         return labels
-
-
-def _rng_state(rs):
-    return rs.bit_generator.state if isinstance(rs, np.random.Generator) else rs.get_state()
-
-
-def _same_state(a, b) -> bool:
-    """Equality of two RandomState.get_state() tuples or two bit_generator.state dicts."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and _same_state(list(a.items()), list(b.items()))
-    if isinstance(a, (tuple, list)):
-        return (
-            isinstance(b, (tuple, list))
-            and len(a) == len(b)
-            and all(_same_state(x, y) for x, y in zip(a, b))
-        )
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.array_equal(a, b)
-    return a == b
 
 
 class _SharedInitMixture(GaussianMixture):
