@@ -138,6 +138,6 @@ def test_use_group_none_and_collective_errors(ranks):
 def test_no_process_group_no_change():
     """Without torch.distributed initialised, a tensor fit is the plain one."""
     assert not dist.is_initialized()
-    from gmmfast._engines import distributed_group
+    from gmmfast.torch.distributed import current_group as distributed_group
 
     assert distributed_group() is None

@@ -1113,7 +1113,7 @@ def test_reseed_with_less_budget_than_failures_regularises():
     """White-box: two components fail at once when one restart is left. Restarting one
     and leaving the other ill-defined cannot work (finalize raised); the M-step must
     regularise instead."""
-    from gmmfast.mixture import _RunState
+    from gmmfast._recovery import RunState as _RunState, m_step
 
     rng = np.random.default_rng(0)
     # copies of (0, 0) and of (0, 100): at the first M-step both components have a
@@ -1128,7 +1128,7 @@ def test_reseed_with_less_budget_than_failures_regularises():
     for used, want_reseeds in ((0, 2), (_RunState.max_reseeds(3) - 1, None)):
         state = _RunState(0.0, len(X))
         state.reseeds = used
-        params, restarted = gm._m_step(stats, X, None, prev, state)
+        params, restarted = m_step(gm._check_params(), stats, X.dtype, lambda: (X, None), prev, state)
         assert np.all(np.isfinite(params.covariances)) and np.all(params.covariances > 0)
         if want_reseeds is None:
             assert not restarted and state.reg_covar > 0 and state.reseeds == used

@@ -10,8 +10,8 @@
 from . import _core
 from ._compat import ConvergenceWarning, NotFittedError
 from ._types import EMResult, EMStats, MixtureParams
-from .io import ModelFileError, load_model as load
-from .mixture import GaussianMixture
+from .io import ModelFileError
+from .mixture import GaussianMixture, load
 from .selection import ModelSelection, select_model
 
 __version__ = _core.__version__

@@ -219,7 +219,7 @@ def _one_line(exc) -> str:
 
 
 def _load_model(path):
-    from .io import load_model
+    from .mixture import load as load_model
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -358,10 +358,10 @@ def _progress_estimator(progress: Optional[_Progress], **params):
             if progress is not None:
                 progress.begin(n_init)
 
-        def _m_step(self, stats, *a, **k):
+        def _on_iteration(self, n_iter, lower_bound, change):
             if progress is not None:
-                progress.lower_bound = stats.mean_log_likelihood
-            return super()._m_step(stats, *a, **k)
+                progress.lower_bound = lower_bound
+            super()._on_iteration(n_iter, lower_bound, change)
 
         def _verbose_iter_end(self, n_iter, diff_ll, *a, **k):
             super()._verbose_iter_end(n_iter, diff_ll, *a, **k)
@@ -469,9 +469,9 @@ def cmd_fit(args) -> int:
     elapsed = perf_counter() - start
     model.__class__ = GaussianMixture  # a plain estimator for saving and scoring
     _report_warnings(caught)
-    from .mixture import _needs_blockwise_conversion
+    from ._validation import needs_blockwise_conversion
 
-    if streaming or _needs_blockwise_conversion(X):
+    if streaming or needs_blockwise_conversion(X):
         mean_ll, n_eff = _streamed_score(model, X, sw, block_rows, dtype)
         n_params = model._n_parameters()
         bic = -2 * mean_ll * n_eff + n_params * math.log(n_eff)

@@ -8,6 +8,10 @@ loading never executes code, and every field is checked: a truncated, corrupted,
 wrong-version or inconsistent file raises :class:`ModelFileError` (a ValueError) that
 says what is wrong.
 
+This module knows nothing of the estimator: it reads and writes a :class:`FittedModel`,
+a plain container of the parameters and fitted attributes
+(``GaussianMixture.save`` builds one, :func:`gmmfast.load` turns one into an estimator).
+
 Adversarial files (issue 8): only regular files are opened (a FIFO or device would block
 or never end; symlinks are followed to their target); every member's size is bounded
 before it is read (a forged header, a zip bomb or a huge metadata string cannot make
@@ -25,10 +29,16 @@ import os
 import stat
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from ._types import COVARIANCE_TYPES, param_shape
+from . import _core
+from ._params import precisions_from_cholesky
+from ._settings import PARAM_DEFAULTS, check_params
+from ._types import param_shape
+from ._validation import n_threads_arg, to_numpy
 
 FORMAT_NAME = "gmmfast.GaussianMixture"
 FORMAT_VERSION = 1
@@ -70,6 +80,29 @@ class ModelFileTooLarge(ModelFileError, MemoryError):
     """The arrays a model file declares do not fit in the available memory."""
 
 
+@dataclass
+class FittedModel:
+    """What a model file holds: the estimator's scalar parameters, the fitted arrays
+    (NumPy, in the fitted dtype) and the scalar fitted attributes. ``precisions`` is
+    filled in by :func:`read_model` (U Uᵀ of the stored factor, in the stored dtype)."""
+
+    params: dict
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    precisions_cholesky: np.ndarray
+    n_features_in: int
+    converged: bool
+    n_iter: int
+    lower_bound: float
+    lower_bounds: list = field(default_factory=list)
+    feature_names_in: Optional[list] = None
+    reg_covar_used: Optional[float] = None
+    n_reseeds: int = 0
+    n_batch_iter: Optional[int] = None
+    precisions: Optional[np.ndarray] = None
+
+
 def _json_scalar(value):
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -80,30 +113,33 @@ def _json_scalar(value):
     return None
 
 
-def save_model(model, path) -> None:
-    """Write a fitted GaussianMixture to ``path`` (see the module docstring)."""
-    params = model.get_params()
+def save_model(model: FittedModel, path) -> None:
+    """Write a fitted model to ``path`` (see the module docstring)."""
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "gmmfast_version": _version(),
-        "dtype": str(_host(model.means_).dtype),
-        "params": {k: _json_scalar(params[k]) for k in _SCALAR_PARAMS},
-        "n_features_in": int(model.n_features_in_),
+        "gmmfast_version": _core.__version__,
+        "dtype": str(to_numpy(model.means).dtype),
+        "params": {k: _json_scalar(model.params.get(k, PARAM_DEFAULTS[k])) for k in _SCALAR_PARAMS},
+        "n_features_in": int(model.n_features_in),
         "feature_names_in": (
-            [str(n) for n in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None
+            [str(n) for n in model.feature_names_in] if model.feature_names_in is not None else None
         ),
-        "converged": bool(model.converged_),
-        "n_iter": int(model.n_iter_),
-        "lower_bound": float(model.lower_bound_),
-        "lower_bounds": [float(v) for v in model.lower_bounds_],
-        "reg_covar_used": float(getattr(model, "reg_covar_", model.reg_covar)),
-        "n_reseeds": int(getattr(model, "n_reseeds_", 0)),
+        "converged": bool(model.converged),
+        "n_iter": int(model.n_iter),
+        "lower_bound": float(model.lower_bound),
+        "lower_bounds": [float(v) for v in model.lower_bounds],
+        "reg_covar_used": float(
+            model.params.get("reg_covar", PARAM_DEFAULTS["reg_covar"])
+            if model.reg_covar_used is None
+            else model.reg_covar_used
+        ),
+        "n_reseeds": int(model.n_reseeds),
     }
-    if hasattr(model, "n_batch_iter_"):  # fitted by online EM: partial_fit resumes its steps
-        meta["n_batch_iter"] = int(model.n_batch_iter_)
+    if model.n_batch_iter is not None:  # fitted by online EM: partial_fit resumes its steps
+        meta["n_batch_iter"] = int(model.n_batch_iter)
     # a model fitted on torch tensors is saved like any other (loading gives NumPy arrays)
-    arrays = {name: np.ascontiguousarray(_host(getattr(model, name + "_"))) for name in _ARRAYS}
+    arrays = {name: np.ascontiguousarray(to_numpy(getattr(model, name))) for name in _ARRAYS}
     path = os.fspath(path)
     # np.savez appends .npz to names without it; write to the exact path the user gave.
     # Atomically: into a temporary file beside the target (through a symlink: beside its
@@ -132,24 +168,12 @@ def save_model(model, path) -> None:
         raise
 
 
-def _host(a):
-    from ._engines import is_tensor
-
-    return a.detach().cpu().numpy() if is_tensor(a) else a
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def _fail(path, why) -> "ModelFileError":
     return ModelFileError(f"{path}: not a valid gmmfast model file: {why}")
 
 
-def load_model(path):
-    """Read a model written by :meth:`GaussianMixture.save`; returns a fitted estimator.
+def read_model(path) -> FittedModel:
+    """Read a model written by :meth:`GaussianMixture.save`, every field checked.
 
     Raises
     ------
@@ -158,8 +182,6 @@ def load_model(path):
     ModelFileError
         (a ValueError) for anything else that is not a valid model file, saying what.
     """
-    from .mixture import GaussianMixture, _precisions_from_cholesky
-
     path = os.fspath(path)
     with _open_regular_file(path) as fh:
         magic = fh.read(4)
@@ -181,7 +203,7 @@ def load_model(path):
             for name in ("metadata",) + _ARRAYS:
                 _check_member_size(archive, name, path)
             meta = _read_metadata(archive, path)
-            model, expected, dtype = _model_from_metadata(meta, path, GaussianMixture)
+            params, expected, dtype = _params_from_metadata(meta, path)
             _check_memory(expected, dtype, path)
             arrays = {}
             for name in _ARRAYS:
@@ -189,7 +211,7 @@ def load_model(path):
                 # allocation: a forged header cannot make load() allocate without limit
                 _check_header(archive, name, expected[name], dtype, path)
                 arrays[name] = _read_array(archive, name, path)
-    return _set_fitted(model, meta, arrays, dtype, path, _precisions_from_cholesky)
+    return _fitted_model(params, meta, arrays, dtype, path)
 
 
 def _open_regular_file(path):
@@ -238,8 +260,6 @@ def _check_member_size(archive, name, path):
 
 def _check_memory(expected, dtype, path):
     """The declared arrays, and the float64 copies the checks make, must fit in memory."""
-    from . import _core
-
     count = sum(float(np.prod(shape, dtype=np.float64)) for shape in expected.values())
     try:
         _core.check_memory(
@@ -280,7 +300,7 @@ def _read_metadata(archive, path) -> dict:
         raise ModelFileError(
             f"{path}: written with model format version {version} "
             f"(gmmfast {meta.get('gmmfast_version', '?')}), but this gmmfast "
-            f"({_version()}) reads version {FORMAT_VERSION} at most: upgrade gmmfast"
+            f"({_core.__version__}) reads version {FORMAT_VERSION} at most: upgrade gmmfast"
         )
     return meta
 
@@ -350,8 +370,9 @@ def _short(value, limit=80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _model_from_metadata(meta, path, GaussianMixture):
-    """The estimator with its parameters, and the expected array shapes and dtype."""
+def _params_from_metadata(meta, path):
+    """The estimator's parameters (checked as the estimator checks them), the expected
+    array shapes and dtype."""
     params = meta.get("params")
     if not isinstance(params, dict):
         raise _fail(path, "metadata has no 'params' object")
@@ -362,17 +383,14 @@ def _model_from_metadata(meta, path, GaussianMixture):
         # save_model writes JSON scalars only; a list or object would reach the estimator
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise _fail(path, f"parameter {key!r} is {type(value).__name__}, expected a number, string or null")
-    from ._validation import n_threads_arg
-
-    model = GaussianMixture()
+    params = {**{k: PARAM_DEFAULTS[k] for k in _SCALAR_PARAMS}, **params}
     try:
-        model.set_params(**params)
-        model._check_params()
-        n_threads_arg(model.n_threads)  # not checked by _check_params
+        check_params(params)
+        n_threads_arg(params["n_threads"])  # the estimator checks n_threads >= 1 only
     except (TypeError, ValueError) as exc:
         raise _fail(path, f"invalid parameters ({exc})") from exc
-    K = model.n_components
-    t = model.covariance_type
+    K = params["n_components"]
+    t = params["covariance_type"]
     if K > _MAX_ELEMENTS:
         raise _fail(path, f"n_components is implausibly large ({_short(K)})")
     D = _get_int(meta, "n_features_in", path, low=1)
@@ -387,7 +405,7 @@ def _model_from_metadata(meta, path, GaussianMixture):
         "covariances": param_shape(t, K, D),
         "precisions_cholesky": param_shape(t, K, D),
     }
-    return model, expected, dtype
+    return params, expected, dtype
 
 
 def _check_consistent(cov, precisions, U, t, dtype, eig, path):
@@ -410,8 +428,8 @@ def _check_consistent(cov, precisions, U, t, dtype, eig, path):
         raise _fail(path, "covariances and precisions_cholesky do not describe the same Gaussians")
 
 
-def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
-    t = model.covariance_type
+def _fitted_model(params, meta, arrays, dtype, path) -> FittedModel:
+    t = params["covariance_type"]
     D = arrays["means"].shape[1]
     w = arrays["weights"].astype(np.float64)
     if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-5):
@@ -456,23 +474,23 @@ def _set_fitted(model, meta, arrays, dtype, path, precisions_from_cholesky):
     if not isinstance(converged, bool):
         raise _fail(path, f"metadata field 'converged' is {converged!r}, expected true or false")
 
-    model.weights_ = arrays["weights"]
-    model.means_ = arrays["means"]
-    model.covariances_ = arrays["covariances"]
-    model.precisions_cholesky_ = arrays["precisions_cholesky"]
-    model.precisions_ = stored_precisions
-    model.n_features_in_ = D
-    if names is not None:
-        model.feature_names_in_ = np.asarray(names, dtype=object)
-    model.converged_ = converged
-    model.n_iter_ = _get_int(meta, "n_iter", path)
-    # -inf after max_iter=0, as in scikit-learn
-    model.lower_bound_ = _get_number(meta, "lower_bound", path, allow=lambda v: not np.isnan(v) and v < np.inf)
-    model.lower_bounds_ = [float(v) for v in lower_bounds]
-    model.reg_covar_ = _get_number(
-        meta, "reg_covar_used", path, default=model.reg_covar, allow=lambda v: np.isfinite(v) and v >= 0
+    return FittedModel(
+        params=params,
+        weights=arrays["weights"],
+        means=arrays["means"],
+        covariances=arrays["covariances"],
+        precisions_cholesky=arrays["precisions_cholesky"],
+        precisions=stored_precisions,
+        n_features_in=D,
+        feature_names_in=names,
+        converged=converged,
+        n_iter=_get_int(meta, "n_iter", path),
+        # -inf after max_iter=0, as in scikit-learn
+        lower_bound=_get_number(meta, "lower_bound", path, allow=lambda v: not np.isnan(v) and v < np.inf),
+        lower_bounds=[float(v) for v in lower_bounds],
+        reg_covar_used=_get_number(
+            meta, "reg_covar_used", path, default=params["reg_covar"], allow=lambda v: np.isfinite(v) and v >= 0
+        ),
+        n_reseeds=_get_int(meta, "n_reseeds", path) if "n_reseeds" in meta else 0,
+        n_batch_iter=_get_int(meta, "n_batch_iter", path) if "n_batch_iter" in meta else None,
     )
-    model.n_reseeds_ = _get_int(meta, "n_reseeds", path) if "n_reseeds" in meta else 0
-    if "n_batch_iter" in meta:
-        model.n_batch_iter_ = _get_int(meta, "n_batch_iter", path)
-    return model

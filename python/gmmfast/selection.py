@@ -40,14 +40,10 @@ import numpy as np
 
 from . import _core, ops
 from ._compat import ConvergenceWarning
-from ._types import COVARIANCE_TYPES, param_shape
+from ._types import COVARIANCE_TYPES
 from ._validation import check_random_state, rng_state_bytes, set_rng_state
 from .mixture import GaussianMixture
-
-try:  # the estimator's helper for the initial means (see _stats_from_labels)
-    from .mixture import _weights_and_means
-except ImportError:  # pragma: no cover - then each model runs its own k-means
-    _weights_and_means = None
+from .sources.array import ArraySource
 
 __all__ = ["select_model", "ModelSelection"]
 
@@ -232,54 +228,28 @@ class _SharedInitCache:
 class _SharedInitMixture(GaussianMixture):
     """GaussianMixture whose 'kmeans' initialisation reads shared k-means labels.
 
-    It overrides the estimator's ``_initial_stats`` (the statistics of the initial
-    responsibilities) for init_params='kmeans' and computes them from the shared labels
-    exactly as the estimator does from its own k-means labels; the other init_params
-    are cheap and left to the estimator. Only used while select_model fits: the fitted
-    estimator is turned back into a plain GaussianMixture afterwards. If the estimator
-    stops calling ``_initial_stats``, nothing is shared but every result stays the same
-    (the tests compare each model with an independent fit, bit for bit).
+    It gives its in-memory data source a k-means that reads the shared labels (the
+    source computes the initial statistics from them exactly as from its own k-means
+    labels); the other init_params are cheap and left alone. Only used while
+    select_model fits: the fitted estimator is turned back into a plain
+    GaussianMixture afterwards. The tests compare each model with an independent fit,
+    bit for bit.
     """
 
     _shared_cache: Optional[_SharedInitCache] = None
     _init_calls = 0
 
-    def _initial_stats(self, X, sw, random_state, *args, **kwargs):
+    def _array_source(self, X, sample_weight):
         cache = self._shared_cache
-        if (
-            cache is None
-            or self.init_params != "kmeans"
-            or args
-            or kwargs
-            or _weights_and_means is None
-        ):
-            return super()._initial_stats(X, sw, random_state, *args, **kwargs)
-        i = self._init_calls
-        self._init_calls = i + 1
-        labels = cache.get(i, X, self.n_components, random_state, sw, self.n_threads)
-        return _stats_from_labels(X, labels, self.n_components, self.covariance_type, sw,
-                                  self.n_threads)
+        if cache is None:
+            return super()._array_source(X, sample_weight)
 
+        def shared_kmeans(X, n_components, random_state, sw, n_threads):
+            i = self._init_calls
+            self._init_calls = i + 1
+            return cache.get(i, X, n_components, random_state, sw, n_threads)
 
-def _stats_from_labels(X, labels, K, covariance_type, sample_weight, n_threads):
-    """The estimator's initial statistics for hard labels (GaussianMixture._initial_stats
-    after its k-means): a first em_stats pass centred at the data mean gives the means,
-    the second pass is centred at them, for accuracy."""
-    D = X.shape[1]
-    shape_only = dict(
-        log_weights=np.zeros(K),
-        means=np.zeros((K, D)),
-        precisions_cholesky=np.ones(param_shape(covariance_type, K, D)),
-        covariance_type=covariance_type,
-        sample_weight=sample_weight,
-        resp=None,
-        labels=labels,
-        n_threads=n_threads,
-    )
-    centre = np.mean(X, axis=0, dtype=np.float64)
-    first = ops.em_stats(X, centres=np.tile(centre, (K, 1)), **shape_only)
-    _, means = _weights_and_means(first, X.dtype)
-    return ops.em_stats(X, centres=means, **shape_only)
+        return ArraySource(X, sample_weight, kmeans=shared_kmeans)
 
 
 # ---------------------------------------------------------------------------- select
