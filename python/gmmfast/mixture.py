@@ -34,10 +34,10 @@ from time import time
 import numpy as np
 
 from . import _driver as driver
-from . import ops
+from . import _scoring as scoring
 from ._compat import BaseEstimator, ConvergenceWarning, DensityMixin, NotFittedError
 from ._driver import WarmStart
-from ._params import log_weights, precisions_from_cholesky
+from ._params import precisions_from_cholesky
 from ._settings import EMSettings, check_int
 from ._types import MixtureParams
 from ._validation import (
@@ -55,13 +55,25 @@ from ._validation import (
     is_tensor,
     needs_blockwise_conversion,
     to_numpy,
-    torch_dtype,
 )
 from .io import FittedModel, read_model, save_model
 from .sources.array import ArraySource
-from .sources.chunks import Chunks, ChunkedSource, is_chunk_source, row_chunks
+from .sources.chunks import Chunks, ChunkedSource, minibatches, row_chunks
 
 __all__ = ["GaussianMixture", "load"]
+
+# the fields of a model file (io.FittedModel) and the fitted attributes they hold
+_SAVED = (
+    ("weights", "weights_"),
+    ("means", "means_"),
+    ("covariances", "covariances_"),
+    ("precisions_cholesky", "precisions_cholesky_"),
+    ("n_features_in", "n_features_in_"),
+    ("converged", "converged_"),
+    ("n_iter", "n_iter_"),
+    ("lower_bound", "lower_bound_"),
+    ("lower_bounds", "lower_bounds_"),
+)
 
 
 # ------------------------------------------------------------------------------- estimator
@@ -213,7 +225,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         elif fitted is not None and (len(fitted) != len(names) or np.any(fitted != names)):
             raise ValueError(feature_names_mismatch(fitted, names))
         arr = self._checked_array(X, 1)
-        self._check_n_features(arr.shape[1])
+        if arr.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {arr.shape[1]} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input."
+            )
         return arr
 
     def _checked_array(self, X, min_samples):
@@ -230,13 +246,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         check_finite(arr)
         return arr
-
-    def _check_n_features(self, n_features):
-        if n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {n_features} features, but GaussianMixture is expecting "
-                f"{self.n_features_in_} features as input."
-            )
 
     def _set_features(self, n_features, names):
         self.n_features_in_ = n_features
@@ -559,48 +568,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         from_fitted = bool(self.warm_start and hasattr(self, "means_"))
         if not from_fitted:
             self._reset_online()
-        names = None
         random_state = check_random_state(self.random_state)
-        if is_chunk_source(X):
-            if sample_weight is not None:
-                raise ValueError("sample_weight must be None when X is chunks: pass (X, weights) pairs")
-            chunks = Chunks(X, "X")
-            if max_epochs > 1 and not chunks.reiterable:
-                raise TypeError(
-                    "X is a one-shot iterator (a generator object), which allows one epoch: "
-                    "pass max_epochs=1, or a function that returns a new iterator"
-                )
-
-            def batches():
-                for item in chunks:
-                    Xc, wc = item if isinstance(item, tuple) else (item, None)
-                    n = len(Xc)
-                    step = n if batch_size is None else batch_size
-                    for start in range(0, n, max(step, 1)):
-                        yield Xc[start : start + step], (None if wc is None else wc[start : start + step])
-
-        else:
-            if is_tensor(X):
-                X = X.detach().cpu().numpy()
-            if not isinstance(X, np.ndarray):
-                names = feature_names(X)  # lists, data frames: converted once
-                X = as_2d_float(X)
-            elif X.ndim != 2:
-                as_2d_float(X)  # scikit-learn's error for the wrong number of dimensions
-            sw_all = None
-            if sample_weight is not None:
-                sw_all = np.asarray(sample_weight)
-                if sw_all.shape != (X.shape[0],):
-                    raise ValueError(f"sample_weight.shape == {sw_all.shape}, expected {(X.shape[0],)}!")
-            size = batch_size or max(10_000, 100 * self.n_components)
-            starts = np.arange(0, X.shape[0], size)
-
-            def batches():
-                order = random_state.permutation(starts.size) if shuffle else np.arange(starts.size)
-                for j in order:
-                    a = starts[j]
-                    yield X[a : a + size], (None if sw_all is None else sw_all[a : a + size])
-
+        if is_tensor(X):
+            X = X.detach().cpu().numpy()
+        default_size = max(10_000, 100 * self.n_components)
+        batches, names = minibatches(X, sample_weight, batch_size, default_size, shuffle, random_state, max_epochs)
         online = self.__dict__.get("_online")
 
         def sources(raw):
@@ -693,112 +665,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ----------------------------------------------------------------------- prediction
 
-    def _labels(self, X):
-        # argmax of the weighted log-densities, in row blocks so that memory stays
-        # O(block · n_components) whatever n_samples
-        block = max(1, (1 << 22) // max(self.n_components, 1))
-        if is_dask_array(X):  # lazily, block by block where the blocks are
-            return X.map_blocks(
-                lambda b: self._labels(np.asarray(b)), drop_axis=1, dtype=np.int64, meta=np.empty((0,), np.int64)
-            )
-        if is_tensor(X):
-            import torch
+    def _mixture(self) -> scoring.Mixture:
+        return scoring.Mixture(
+            self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, self.n_threads
+        )
 
-            return torch.cat(
-                [
-                    torch.argmax(self._log_prob(X[start : start + block], "weighted"), dim=1)
-                    for start in range(0, X.shape[0], block)
-                ]
-            )
-        out = np.empty(X.shape[0], dtype=np.int64)
-        for start in range(0, X.shape[0], block):
-            w = self._log_prob(X[start : start + block], "weighted")
-            out[start : start + block] = np.argmax(w, axis=1)
-        return out
+    def _labels(self, X):
+        return scoring.labels(self._mixture(), X)
 
     def _log_prob(self, X, output):
         """log_prob of validated X under the fitted mixture, in X's kind of array and on
-        its device. scikit-learn computes in the promoted dtype of X and the parameters:
-        float32 data under a float64 model are scored in float64."""
-        if is_dask_array(X):
-            dt = np.result_type(X.dtype, to_numpy(self.means_).dtype)
-            if output == "sample":
-                return X.map_blocks(
-                    lambda b: self._log_prob(np.asarray(b), output), drop_axis=1, dtype=dt, meta=np.empty((0,), dt)
-                )
-            K = self.n_components
-            return X.map_blocks(
-                lambda b: self._log_prob(np.asarray(b), output), chunks=(X.chunks[0], (K,)), dtype=dt,
-                meta=np.empty((0, 0), dt),
-            )
-        if is_tensor(X):
-            import torch
-
-            from . import torch as gt
-
-            dt = torch.promote_types(X.dtype, torch_dtype(self.means_))
-
-            def param(a):
-                return as_tensor(a, X.device).to(dt)
-
-            return gt.log_prob(
-                X.to(dt),
-                # log in float64, then rounded: as the NumPy path does
-                torch.log(as_tensor(self.weights_, X.device).double()).to(dt),
-                param(self.means_),
-                param(self.precisions_cholesky_),
-                self.covariance_type,
-                output,
-            )
-        means = to_numpy(self.means_)
-        dt = np.result_type(X.dtype, means.dtype)
-        if dt != X.dtype:
-            X = X.astype(dt)
-        return ops.log_prob(
-            X,
-            log_weights(to_numpy(self.weights_)).astype(dt),
-            means.astype(dt),
-            to_numpy(self.precisions_cholesky_).astype(dt),
-            self.covariance_type,
-            output,
-            n_threads=self.n_threads,
-        )
+        its device (gmmfast._scoring)."""
+        return scoring.log_prob(self._mixture(), X, output)
 
     def _validate_input(self, X):
-        """X for predict/score: NumPy through scikit-learn's checks, or a torch tensor
-        checked on its device (shape, dtype, finite values)."""
-        if is_dask_array(X):
-            if X.ndim != 2:
-                raise ValueError(f"Expected 2D array, got {X.ndim}D dask array instead.")
-            if X.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {X.shape[1]} features, but GaussianMixture is expecting "
-                    f"{self.n_features_in_} features as input."
-                )
-            if not (X.dtype == np.float32 or X.dtype == np.float64):
-                X = X.astype(np.float64)
-            return X.rechunk({1: -1}) if X.numblocks[1] > 1 else X
-        if not is_tensor(X):
-            return self._validate_X(X)
-        import torch
-
-        if X.is_complex():
-            raise ValueError("Complex data not supported")
-        X = X.detach()
-        if X.dtype not in (torch.float32, torch.float64):
-            X = X.to(torch.float64)
-        if X.dim() != 2:
-            raise ValueError(f"Expected 2D tensor of shape (n_samples, n_features), got {X.dim()}D")
-        if X.shape[0] < 1:
-            raise ValueError(f"Found tensor with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but GaussianMixture is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        if not bool(torch.isfinite(X).all()):
-            raise ValueError("Input X contains NaN or infinity.")
-        return X
+        """X for predict/score: NumPy through scikit-learn's checks, a Dask array or a
+        torch tensor checked where it lives."""
+        checked = scoring.check_input(X, self.n_features_in_)
+        return self._validate_X(X) if checked is None else checked
 
     def predict(self, X):
         """Component labels of the samples in X (a tensor on X's device for tensor X)."""
@@ -847,37 +731,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "Invalid value for 'n_samples': %s . The sampling requires at least one sample."
                 % n_samples
             )
-        n_features = int(self.means_.shape[1])
-        rng = check_random_state(self.random_state)
-        if isinstance(rng, np.random.Generator):
-            rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
-        # scikit-learn's draws, number for number: the fitted arrays as they are (float32
-        # stays float32, so np.sqrt rounds the same way) and the weights unnormalised;
-        # only weights whose first K-1 sum past 1 (which NumPy rejects) are normalised
-        weights, means, cov = (to_numpy(a) for a in (self.weights_, self.means_, self.covariances_))
-        pvals = weights
-        if float(np.sum(pvals[:-1], dtype=np.float64)) > 1.0 + 1e-12:
-            pvals = pvals.astype(np.float64) / np.sum(pvals, dtype=np.float64)
-        counts = rng.multinomial(n_samples, pvals)
-        if self.covariance_type == "full":
-            X = np.vstack([rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(means, cov, counts)])
-        elif self.covariance_type == "tied":
-            X = np.vstack([rng.multivariate_normal(m, cov, int(s)) for m, s in zip(means, counts)])
-        else:
-            X = np.vstack(
-                [
-                    m + rng.standard_normal(size=(s, n_features)) * np.sqrt(c)
-                    for m, c, s in zip(means, cov, counts)
-                ]
-            )
-        X = X.astype(np.float64, copy=False)
-        y = np.concatenate([np.full(int(s), k, dtype=np.int64) for k, s in enumerate(counts)])
-        if is_tensor(self.means_):  # fitted on tensors: tensors on the same device
-            import torch
-
-            device = self.means_.device
-            return torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
-        return X, y
+        mix = self._mixture()
+        return scoring.sample(mix, self.covariances_, n_samples, check_random_state(self.random_state))
 
     # -------------------------------------------------------------- information criteria
 
@@ -919,16 +774,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         save_model(
             FittedModel(
                 params=self.get_params(deep=False),
-                weights=self.weights_,
-                means=self.means_,
-                covariances=self.covariances_,
-                precisions_cholesky=self.precisions_cholesky_,
-                n_features_in=self.n_features_in_,
+                **{name: getattr(self, attr) for name, attr in _SAVED},
                 feature_names_in=getattr(self, "feature_names_in_", None),
-                converged=self.converged_,
-                n_iter=self.n_iter_,
-                lower_bound=self.lower_bound_,
-                lower_bounds=self.lower_bounds_,
                 reg_covar_used=getattr(self, "reg_covar_", None),
                 n_reseeds=getattr(self, "n_reseeds_", 0),
                 n_batch_iter=getattr(self, "n_batch_iter_", None),
@@ -939,20 +786,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     @classmethod
     def _from_fitted_model(cls, m: FittedModel) -> "GaussianMixture":
         model = cls(**m.params)
-        model.weights_ = m.weights
-        model.means_ = m.means
-        model.covariances_ = m.covariances
-        model.precisions_cholesky_ = m.precisions_cholesky
-        model.precisions_ = m.precisions
-        model.n_features_in_ = m.n_features_in
+        for name, attr in _SAVED + (("precisions", "precisions_"), ("n_reseeds", "n_reseeds_")):
+            setattr(model, attr, getattr(m, name))
         if m.feature_names_in is not None:
             model.feature_names_in_ = np.asarray(m.feature_names_in, dtype=object)
-        model.converged_ = m.converged
-        model.n_iter_ = m.n_iter
-        model.lower_bound_ = m.lower_bound
         model.lower_bounds_ = list(m.lower_bounds)
         model.reg_covar_ = m.reg_covar_used
-        model.n_reseeds_ = m.n_reseeds
         if m.n_batch_iter is not None:
             model.n_batch_iter_ = m.n_batch_iter
         return model

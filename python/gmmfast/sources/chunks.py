@@ -368,3 +368,54 @@ class ChunkedSource(PartitionedData):
         mixture = mixture_in_dtype(params, self.dtype)
         t, nt = settings.covariance_type, settings.n_threads
         return self._sum(lambda X, w, _: ops.em_stats(X, *mixture, t, sample_weight=w, n_threads=nt))
+
+
+def minibatches(X, sample_weight, batch_size, default_size, shuffle, random_state, max_epochs):
+    """The batches of mini-batch EM, as a function returning a new iterator of
+    ``(X_batch, weights_batch)`` per epoch, and X's column names (or None).
+
+    X is chunks (as for fit_chunks; chunks larger than ``batch_size`` are cut) or an
+    array cut into blocks of ``batch_size`` (default ``default_size``) consecutive rows,
+    visited in a new random order every epoch when ``shuffle``. A memory-mapped array
+    is read batch by batch, never whole.
+    """
+    names = None
+    if is_chunk_source(X):
+        if sample_weight is not None:
+            raise ValueError("sample_weight must be None when X is chunks: pass (X, weights) pairs")
+        chunks = Chunks(X, "X")
+        if max_epochs > 1 and not chunks.reiterable:
+            raise TypeError(
+                "X is a one-shot iterator (a generator object), which allows one epoch: "
+                "pass max_epochs=1, or a function that returns a new iterator"
+            )
+
+        def batches():
+            for item in chunks:
+                Xc, wc = item if isinstance(item, tuple) else (item, None)
+                n = len(Xc)
+                step = n if batch_size is None else batch_size
+                for start in range(0, n, max(step, 1)):
+                    yield Xc[start : start + step], (None if wc is None else wc[start : start + step])
+
+    else:
+        if not isinstance(X, np.ndarray):
+            names = feature_names(X)  # lists, data frames: converted once
+            X = as_2d_float(X)
+        elif X.ndim != 2:
+            as_2d_float(X)  # scikit-learn's error for the wrong number of dimensions
+        sw_all = None
+        if sample_weight is not None:
+            sw_all = np.asarray(sample_weight)
+            if sw_all.shape != (X.shape[0],):
+                raise ValueError(f"sample_weight.shape == {sw_all.shape}, expected {(X.shape[0],)}!")
+        size = batch_size or default_size
+        starts = np.arange(0, X.shape[0], size)
+
+        def batches():
+            order = random_state.permutation(starts.size) if shuffle else np.arange(starts.size)
+            for j in order:
+                a = starts[j]
+                yield X[a : a + size], (None if sw_all is None else sw_all[a : a + size])
+
+    return batches, names
