@@ -401,7 +401,6 @@ def test_script_runs_standalone(tmp_path):
 # The real package
 
 
-@pytest.mark.xfail(strict=True, reason="import cycles being removed by the EM-driver redesign")
 def test_gmmfast_package_architecture():
     result = ca.check(PACKAGE)
     assert result.n_python_modules > 10  # the right folder was checked

@@ -34,7 +34,7 @@ Rule 1 - no import cycles
       ``gmmfast.torch``.
     * Importing a module also runs the ``__init__.py`` of every package that contains it.
       Those parent packages get an edge too (``from .torch import _ops`` in
-      ``gmmfast/_engines.py`` is an edge to ``gmmfast.torch._ops`` *and* to
+      ``gmmfast/sources/tensor.py`` is an edge to ``gmmfast.torch._ops`` *and* to
       ``gmmfast.torch``) -- except the packages that contain the importing module
       itself. There is deliberately no edge from a submodule to its own parent packages
       (``gmmfast.torch.per_sample`` -> ``gmmfast.torch`` -> ``gmmfast``): Python does run
