@@ -1,6 +1,6 @@
 // gmmfast CUDA kernels: the host-side C++ interface (no Python, no torch).
 //
-// The same three kernels as the CPU backend (ARCHITECTURE.md), for device memory:
+// The same three kernels as the CPU backend (docs/architecture.md), for device memory:
 // log_prob, em_stats (fused E-step + centred statistics), finalize (statistics ->
 // parameters, float64), plus grad_x (the data term of the autograd backward), and the
 // per-sample mixture op of mixture density networks (per_sample_log_prob, its backward).

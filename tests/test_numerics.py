@@ -253,7 +253,7 @@ def test_same_seed_same_result(rng):
 
 
 def test_tied_statistics_are_as_accurate_as_per_component_centring():
-    """ARCHITECTURE.md: 'Centre per component at the current means'. With that rule the
+    """docs/architecture.md: 'Centre per component at the current means'. With that rule the
     tied scatter of two components 1e4 apart with unit spread is accurate to ~1e-15 of
     Σ|terms| in float64 (as the full covariance type's is); the bound here, 1e-12 of
     the per-component absolute sums, leaves a 1000x margin."""

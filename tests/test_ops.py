@@ -269,7 +269,7 @@ def test_em_stats_given_resp_and_labels(isa, covariance_type, dtype, shape, weig
 @pytest.mark.parametrize("source", ["resp", "labels"])
 def test_em_stats_given_resp_rejects_nonfinite_X(source):
     """A NaN in X with resp=/labels= must raise like the E-step path does, not return
-    NaN statistics (ARCHITECTURE.md: 'a silent NaN is a bug')."""
+    NaN statistics (a silent NaN is a bug)."""
     X = np.random.default_rng(0).normal(size=(20, 3))
     X[5, 1] = np.nan
     kw = {"resp": np.full((20, 2), 0.5)} if source == "resp" else {"labels": np.zeros(20, int)}

@@ -1,6 +1,6 @@
 """Native Gaussian-mixture primitives for NumPy arrays.
 
-Every EM computation in gmmfast is built from three kernels (see ARCHITECTURE.md):
+Every EM computation in gmmfast is built from three kernels (see docs/architecture.md):
 
 - :func:`log_prob` — log-densities of samples: per-sample log-likelihood,
   log-responsibilities, or per-component weighted log-densities;

@@ -1,5 +1,5 @@
 // Gradients of mixture log-likelihoods: the data term (the parameter gradients are
-// weighted statistics, computed by em_stats; see ARCHITECTURE.md).
+// weighted statistics, computed by em_stats; see docs/architecture.md).
 #pragma once
 
 #include "gmmfast/em_stats.hpp"

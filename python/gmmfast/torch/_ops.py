@@ -6,7 +6,7 @@ The native code does not link libtorch: the implementations call ``gmmfast._core
 CPU tensors and ``gmmfast._cuda`` on CUDA tensors (with the current stream), choosing by
 the tensor's device.
 
-Backward (ARCHITECTURE.md, "torch integration"): every output of log_prob is a
+Backward (docs/architecture.md and the gradient formulas below): every output of log_prob is a
 combination of the per-component log-densities L_ik = log π_k + log N(x_i | k), so its
 vector-Jacobian product is Σ_ik W_ik ∂L_ik with weights W built from the upstream
 gradient G:
