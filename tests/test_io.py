@@ -425,3 +425,34 @@ def test_forged_huge_shape_is_rejected_before_allocating(saved):
 def test_every_rejection_is_a_model_file_error_and_a_value_error():
     assert issubclass(ModelFileError, ValueError)
     assert gmmfast.ModelFileError is ModelFileError
+
+
+def test_model_file_defaults_are_the_estimators():
+    """A model file without a parameter gets the estimator's default: the table io reads
+    (gmmfast._settings.PARAM_DEFAULTS) must be the constructor's defaults, and cover
+    every scalar parameter a file stores."""
+    from gmmfast._settings import PARAM_DEFAULTS
+    from gmmfast.io import _SCALAR_PARAMS
+
+    defaults = GaussianMixture().get_params()
+    assert set(PARAM_DEFAULTS) == set(_SCALAR_PARAMS)
+    for name, value in PARAM_DEFAULTS.items():
+        assert defaults[name] == value and type(defaults[name]) is type(value), name
+
+
+def test_load_fills_missing_parameters_with_defaults(tmp_path):
+    """A file whose metadata lacks some parameters loads with the defaults for them."""
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    path = tmp_path / "m.npz"
+    GaussianMixture(2, covariance_type="diag", tol=1e-4, random_state=0).fit(X).save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["metadata"]))
+    for name in ("tol", "max_iter", "verbose"):
+        del meta["params"][name]
+    arrays["metadata"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    loaded = gmmfast.load(path)
+    assert loaded.covariance_type == "diag" and loaded.tol == 1e-3 and loaded.max_iter == 100
+    np.testing.assert_array_equal(loaded.predict(X), GaussianMixture(2, covariance_type="diag", tol=1e-4,
+                                                                      random_state=0).fit(X).predict(X))
