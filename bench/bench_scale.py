@@ -125,9 +125,9 @@ def bench_minibatch(args, threads):
     class Timed(GaussianMixture):
         """records (seconds since the start, lower bound) after every EM iteration"""
 
-        def _m_step(self, stats, *a, **k):
-            self._last_lb = stats.mean_log_likelihood
-            return super()._m_step(stats, *a, **k)
+        def _on_iteration(self, n_iter, lower_bound, change):
+            self._last_lb = lower_bound
+            super()._on_iteration(n_iter, lower_bound, change)
 
         def _verbose_iter_end(self, n_iter, diff_ll, *a, **k):
             self.trace.append((time.perf_counter() - self.t0, self._last_lb))
