@@ -37,6 +37,19 @@ def _case_list(text: str) -> list:
     return names
 
 
+IMPL_NAMES = ("gmmfast", "numpy-ref", "sklearn", "torch")
+
+
+def _impl_list(text: str) -> list:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in IMPL_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(IMPL_NAMES)}"
+        )
+    return sorted(set(names) | {"gmmfast"}, key=IMPL_NAMES.index)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -74,6 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "recorded (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="data seed (default %(default)s)")
+    p.add_argument(
+        "--only",
+        type=_impl_list,
+        default=None,
+        metavar="NAME,...",
+        help=f"time only these implementations (gmmfast always runs): {', '.join(IMPL_NAMES)}",
+    )
     p.add_argument("--no-fit", action="store_true", help="skip the full fits")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     p.add_argument("--no-torch-fit", action="store_true", help="skip torch's EM fit")

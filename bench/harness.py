@@ -434,6 +434,9 @@ def _evaluate(target: cases.Target, res: dict) -> dict:
 
 def run(args) -> dict:
     implementations = impls.available_implementations()
+    only = getattr(args, "only", None)
+    if only:
+        implementations = {name: impl for name, impl in implementations.items() if name in only}
     # import the optional libraries now so that their thread pools exist and get pinned
     for name in ("sklearn", "torch"):
         if name in implementations:
