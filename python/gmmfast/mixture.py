@@ -872,13 +872,10 @@ class _EstimatorMonitor(driver.Monitor):
 
 
 def load(path) -> GaussianMixture:
-    """Read a model written by :meth:`GaussianMixture.save`; returns a fitted estimator.
+    """A fitted estimator from a model file written by :meth:`GaussianMixture.save`.
 
-    Raises
-    ------
-    FileNotFoundError
-        when ``path`` does not exist.
-    ModelFileError
-        (a ValueError) for anything else that is not a valid model file, saying what.
+    The file is read and checked by :func:`gmmfast.io.read_model`: FileNotFoundError
+    when ``path`` does not exist, :class:`gmmfast.ModelFileError` (a ValueError) saying
+    what is wrong with anything that is not a valid model file.
     """
     return GaussianMixture._from_fitted_model(read_model(path))
