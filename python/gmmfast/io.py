@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import tempfile
 import zipfile
@@ -140,16 +141,28 @@ def save_model(model: FittedModel, path) -> None:
         meta["n_batch_iter"] = int(model.n_batch_iter)
     # a model fitted on torch tensors is saved like any other (loading gives NumPy arrays)
     arrays = {name: np.ascontiguousarray(to_numpy(getattr(model, name))) for name in _ARRAYS}
-    path = os.fspath(path)
-    # np.savez appends .npz to names without it; write to the exact path the user gave.
-    # Atomically: into a temporary file beside the target (through a symlink: beside its
-    # target), renamed over it once complete, so that a failure or Ctrl-C half-way never
-    # replaces a good model with a truncated one.
-    target = os.path.realpath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".gmmfast-", suffix=".tmp", dir=os.path.dirname(target))
+    write_npz_atomically(path, {"metadata": np.array(json.dumps(meta)), **arrays})
+
+
+def write_npz_atomically(path, arrays: dict) -> None:
+    """``np.savez`` of ``arrays`` to exactly ``path`` (np.savez would append .npz),
+    atomically: into a temporary file beside the target (through a symlink: beside its
+    target), fsync'ed, then renamed over it, so that a failure, Ctrl-C or kill -9
+    half-way never replaces a good file with a truncated one.
+
+    The temporary file's name says which file, host and process it belongs to
+    (``.<name>.gmmfast-<host>-<pid>-<random>.tmp``): a writer killed half-way leaves one
+    behind, and the next save to the same path removes those whose process on this host
+    is gone (never a live writer's; files of other hosts sharing the folder are left to
+    their own next save).
+    """
+    target = os.path.realpath(os.fspath(path))
+    folder, name = os.path.split(target)
+    _remove_stale_temporaries(folder, name)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(name) + f"{os.getpid()}-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, metadata=np.array(json.dumps(meta)), **arrays)
+            np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         try:  # keep an existing file's permissions (mkstemp creates 0600)
@@ -166,6 +179,41 @@ def save_model(model: FittedModel, path) -> None:
         except OSError:
             pass
         raise
+
+
+def _temporary_prefix(name: str) -> str:
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:64] or "host"
+    return f".{name}.gmmfast-{host}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: str, name: str) -> None:
+    """Removes temporary files of earlier saves to ``name`` by processes of this host
+    that no longer exist."""
+    prefix = _temporary_prefix(name)
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid_text = entry[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _process_alive(int(pid_text)):
+            continue
+        try:
+            os.unlink(os.path.join(folder, entry))
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
 
 
 def _fail(path, why) -> "ModelFileError":
