@@ -313,3 +313,29 @@ def test_errors_in_a_real_process(data):
     assert proc.returncode == 1
     assert proc.stderr == f"gmmfast: error: {d / 'missing.csv'}: no such file\n"
     # (usage errors, exit status 2, are checked in-process above: argparse's SystemExit)
+
+
+def test_fit_with_a_checkpoint_resumes_and_cleans_up(data, tmp_path):
+    """--checkpoint: a checkpoint of the same fit (written here by the API, interrupted
+    after 3 iterations) is resumed by the command, which gives the uninterrupted model
+    and removes the file; --mini-batch refuses it."""
+    d, X, csv, _, npy = data
+    ckpt = tmp_path / "fit.ckpt"
+
+    class Stop(GaussianMixture):
+        def _on_iteration(self, n_iter, lower_bound, change):
+            if n_iter == 3:
+                raise KeyboardInterrupt
+
+    kw = dict(random_state=0, tol=1e-9, checkpoint=ckpt, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        Stop(3, **kw).fit(np.load(npy))
+    assert ckpt.exists()
+    out = tmp_path / "m.npz"
+    cli("fit", npy, "-k", 3, "--random-state", 0, "--tol", 1e-9, "--checkpoint", ckpt,
+        "--checkpoint-every", 2, "-o", out, "-q")
+    assert not ckpt.exists()
+    want = GaussianMixture(3, random_state=0, tol=1e-9).fit(np.load(npy))
+    np.testing.assert_array_equal(gmmfast.load(out).means_, want.means_)
+    res = cli("fit", npy, "-k", 3, "--mini-batch", "--checkpoint", ckpt, check=False)
+    assert res.returncode == 1 and "--checkpoint applies to exact EM" in res.stderr

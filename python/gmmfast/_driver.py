@@ -24,6 +24,7 @@ progress line); the driver itself prints nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from ._checkpoint import Checkpoint, FitState, RunRecord, fingerprint, rng_state, set_rng_state
 from ._compat import ConvergenceWarning
 from ._params import (
     covariances_from_precisions,
@@ -193,6 +195,8 @@ def iterate(
     monitor: Optional[Monitor] = None,
     lower_bound: float = -np.inf,
     max_iter: Optional[int] = None,
+    resume: Optional[tuple] = None,
+    after_iteration: Optional[Callable] = None,
 ) -> Iterated:
     """EM iterations from ``params`` until the lower bound changes by less than
     ``settings.tol`` or ``max_iter`` (default ``settings.max_iter``) iterations ran.
@@ -200,14 +204,20 @@ def iterate(
     An iteration is one pass over ``batches()``: exact EM passes one batch (all the
     data) per iteration; online EM passes the batches of an epoch, one M-step each. The
     lower bound of an iteration is Σ log-likelihood / Σ weight over its batches.
+
+    ``resume`` = (iterations done, their lower bounds, whether the last restarted
+    components) continues a run from a checkpoint; ``after_iteration(n_iter, params,
+    lower_bound, lower_bounds, restarted)`` is called after every iteration that does
+    not end the run.
     """
     schedule = schedule or ExactEM()
     monitor = monitor or Monitor()
     max_iter = settings.max_iter if max_iter is None else max_iter
-    lower_bounds = []
-    converged = restarted = False
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    done, lower_bounds, restarted = resume or (0, [], False)
+    lower_bounds = list(lower_bounds)
+    converged = False
+    n_iter = done
+    for n_iter in range(done + 1, max_iter + 1):
         # after a restart the objective changed: no convergence test against it
         prev = -np.inf if restarted else lower_bound
         ll = weight = 0.0
@@ -226,6 +236,8 @@ def iterate(
         if not restarted and abs(change) < settings.tol:
             converged = True
             break
+        if after_iteration is not None and n_iter < max_iter:
+            after_iteration(n_iter, params, lower_bound, lower_bounds, restarted)
     return Iterated(params, lower_bound, lower_bounds, converged, n_iter)
 
 
@@ -269,11 +281,17 @@ def fit(
     *,
     warm_start: Optional[WarmStart] = None,
     monitor: Optional[Monitor] = None,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> FitResult:
     """scikit-learn's fit loop over ``source``: ``n_init`` initialisations (one from
     ``warm_start`` when given), exact EM from each, the best lower bound kept.
     Warns (ConvergenceWarning) when the kept run did not converge and (RuntimeWarning)
-    when recovery acted in it."""
+    when recovery acted in it.
+
+    With ``checkpoint``, the state is written every ``checkpoint.every`` iterations, a
+    fit finding a checkpoint of itself resumes from it (the same result as without the
+    interruption), and the checkpoint is removed when the fit ends.
+    """
     monitor = monitor or Monitor()
     do_init = warm_start is None
     n_init = settings.n_init if do_init else 1
@@ -281,27 +299,57 @@ def fit(
     if not do_init and settings.recovery == "reg_covar":
         # a warm start goes on with the regularisation the previous fit ended with
         start_reg = max(start_reg, float(warm_start.reg_covar))
-    best: Optional[FitResult] = None
-    best_state = None
+    best: Optional[RunRecord] = None
     max_lower_bound = -np.inf
-    for init in range(n_init):
+    first_init, resumed, stamp = 0, None, None
+    if checkpoint is not None:
+        stamp = fingerprint(settings, source, not do_init, inits)
+        resumed = checkpoint.load(stamp)
+        if resumed is not None:
+            first_init, max_lower_bound = resumed.init, resumed.max_lower_bound
+            if resumed.best is not None:
+                best = dataclasses.replace(resumed.best, params=source.to_device(resumed.best.params))
+            set_rng_state(random_state, resumed.random_state)
+    for init in range(first_init, n_init):
         monitor.init_begin(init)
         # the collapse rule counts samples that carry weight (zero weight = absent row)
         state = RunState(start_reg, source.n_rows)
-        if do_init:
+        lower_bound = -np.inf if do_init else warm_start.lower_bound
+        resume = None
+        if resumed is not None:
+            state.reg_covar, state.reseeds = resumed.reg_covar, resumed.n_reseeds
+            params, lower_bound = source.to_device(resumed.params), resumed.lower_bound
+            resume = (resumed.n_iter, resumed.lower_bounds, resumed.restarted)
+            resumed = None
+        elif do_init:
             params = source.to_device(initial_params(settings, source, random_state, inits, state))
         else:
             params = source.to_device(warm_start.params)
         if settings.max_iter == 0:
-            best, best_state = FitResult(params, 0, -np.inf), state
+            best = RunRecord(params, 0, -np.inf, [], False, state.reg_covar, state.reseeds)
             continue
-        lower_bound = -np.inf if do_init else warm_start.lower_bound
-        run = iterate(settings, lambda: (source,), params, state, monitor=monitor, lower_bound=lower_bound)
+
+        def save(n_iter, params, lower_bound, lower_bounds, restarted, init=init, state=state):
+            if checkpoint.due(n_iter) and source.is_root:
+                checkpoint.save(FitState(
+                    init, n_iter, source.to_host(params), lower_bound, lower_bounds, restarted,
+                    state.reg_covar, state.reseeds, _on_host(source, best), max_lower_bound,
+                    rng_state(random_state), stamp,
+                ))
+
+        run = iterate(
+            settings, lambda: (source,), params, state, monitor=monitor, lower_bound=lower_bound,
+            resume=resume, after_iteration=None if checkpoint is None else save,
+        )
         monitor.init_end(run.lower_bound, run.converged)
         if run.lower_bound > max_lower_bound or max_lower_bound == -np.inf:
             max_lower_bound = run.lower_bound
-            best = FitResult(run.params, run.n_iter, run.lower_bound, run.lower_bounds, run.converged)
-            best_state = state
+            best = RunRecord(
+                run.params, run.n_iter, run.lower_bound, run.lower_bounds, run.converged,
+                state.reg_covar, state.reseeds,
+            )
+    if checkpoint is not None and source.is_root:
+        checkpoint.remove()
     if not best.converged and settings.max_iter > 0:
         warnings.warn(
             "Best performing initialization did not converge. "
@@ -310,10 +358,16 @@ def fit(
             ConvergenceWarning,
         )
     # the recovery record of the kept run (the other runs' models are discarded)
-    best.reg_covar = best_state.reg_covar
-    best.n_reseeds = best_state.reseeds
     warn_if_recovered(settings, best.reg_covar, best.n_reseeds)
-    return best
+    return FitResult(
+        best.params, best.n_iter, best.lower_bound, best.lower_bounds, best.converged, best.reg_covar, best.n_reseeds
+    )
+
+
+def _on_host(source, record: Optional[RunRecord]) -> Optional[RunRecord]:
+    if record is None:
+        return None
+    return dataclasses.replace(record, params=source.to_host(record.params))
 
 
 def warn_if_recovered(settings: EMSettings, reg_covar: float, n_reseeds: int) -> None:
@@ -365,9 +419,17 @@ class OnlineEM:
 
     def run(self, batches: Callable[[], Iterable], max_iter: int = 1, monitor: Optional[Monitor] = None) -> Iterated:
         """``max_iter`` passes (epochs) over ``batches()``, one M-step per batch; stops
-        early when an epoch's lower bound changes by less than tol."""
-        run = iterate(
-            self.settings, batches, self.params, self.state, self.schedule, monitor, max_iter=max_iter
-        )
+        early when an epoch's lower bound changes by less than tol. All or nothing: when
+        a step fails (or Ctrl-C interrupts it) the state is that before the call."""
+        saved = (self.params, self.schedule.stats, self.schedule.t, vars(self.state).copy())
+        try:
+            run = iterate(
+                self.settings, batches, self.params, self.state, self.schedule, monitor, max_iter=max_iter
+            )
+        except BaseException:
+            self.params, self.schedule.stats, self.schedule.t, state = saved
+            vars(self.state).update(state)
+            self.schedule._pending = None
+            raise
         self.params = run.params
         return run

@@ -10,6 +10,7 @@ the driver use them; none of them depends on the estimator class.
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -164,3 +165,7 @@ def check_params(p: dict, owner: str = "GaussianMixture") -> None:
             raise interval_error("learning_decay", "a float in the range (0.5, 1.0]", kappa, owner)
     if has("learning_offset"):
         _check_real("learning_offset", p["learning_offset"], 0.0, owner)
+    if p.get("checkpoint") is not None and not isinstance(p["checkpoint"], (str, os.PathLike)):
+        raise interval_error("checkpoint", "a str or path-like, or None", p["checkpoint"], owner)
+    if has("checkpoint_every"):
+        check_int("checkpoint_every", p["checkpoint_every"], 1, owner=owner)

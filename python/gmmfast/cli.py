@@ -111,6 +111,8 @@ def cmd_fit(args) -> int:
     from .mixture import GaussianMixture
 
     streaming = args.chunk_size is not None or args.mini_batch
+    if args.mini_batch and args.checkpoint is not None:
+        raise CLIError("--checkpoint applies to exact EM: mini-batch EM (--mini-batch) writes no checkpoint")
     is_npy = os.path.splitext(os.fspath(args.data))[1].lower() == ".npy"
     if streaming and not is_npy:
         raise CLIError(
@@ -143,6 +145,8 @@ def cmd_fit(args) -> int:
         init_params=args.init_params,
         random_state=args.random_state,
         n_threads=args.threads,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
     )
     start = perf_counter()
     block_rows = args.chunk_size or 10_000
@@ -445,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float64", "float32"), default=None,
                    help="fit in this precision (default: the data's; text is float64)")
     p.add_argument("--weights", metavar="FILE", help="per-sample weights, one per row of DATA")
+    p.add_argument("--checkpoint", metavar="FILE", default=None,
+                   help="write the fit's state to FILE every --checkpoint-every iterations; run "
+                        "the same command again after an interruption to resume (not with "
+                        "--mini-batch; FILE is removed when the fit ends)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=10, metavar="N",
+                   help="iterations between checkpoints (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--progress-interval", type=_nonneg_float, default=1.0, metavar="SECONDS",
                    help=argparse.SUPPRESS)

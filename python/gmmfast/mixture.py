@@ -29,12 +29,12 @@ import itertools
 import math
 import numbers
 import warnings
-from time import time
 
 import numpy as np
 
 from . import _driver as driver
 from . import _scoring as scoring
+from ._checkpoint import Checkpoint
 from ._compat import BaseEstimator, ConvergenceWarning, DensityMixin, NotFittedError
 from ._driver import WarmStart
 from ._params import precisions_from_cholesky
@@ -56,6 +56,7 @@ from ._validation import (
     needs_blockwise_conversion,
     to_numpy,
 )
+from ._verbose import EstimatorMonitor, VerboseOutput
 from .io import FittedModel, read_model, save_model
 from .sources.array import ArraySource
 from .sources.chunks import Chunks, ChunkedSource, minibatches, row_chunks
@@ -136,6 +137,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         needs. Smaller κ forgets old chunks faster. Not used by :meth:`fit`.
     learning_offset : float >= 0, default=10.0
         τ₀ of the step size above: larger values make the first steps smaller.
+    checkpoint : str or path-like, default=None
+        Where a long fit writes its state every ``checkpoint_every`` EM iterations
+        (atomically, in the model files' safe format). A fit that finds a checkpoint of
+        the same fit (same parameters, same data) resumes from it and ends with the
+        model the uninterrupted fit would have given; a checkpoint of another fit is an
+        error. The file is removed when the fit ends. Used by ``fit``, ``fit_chunks``
+        and fits of Dask arrays and tensors (with torch.distributed, rank 0 writes it);
+        not by online EM. Give each fit its own path (a clone shares it).
+    checkpoint_every : int >= 1, default=10
+        Iterations between checkpoints.
 
     Attributes
     ----------
@@ -177,6 +188,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_threads=None,
         learning_decay=0.7,
         learning_offset=10.0,
+        checkpoint=None,
+        checkpoint_every=10,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -196,6 +209,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_threads = n_threads
         self.learning_decay = learning_decay
         self.learning_offset = learning_offset
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     # ------------------------------------------------------------------ parameter checks
 
@@ -210,11 +225,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         names = feature_names(X)
         return self._checked_array(X, min_samples), names
 
-    def _validate_X(self, X) -> np.ndarray:
+    def _validate_X(self, X, features=None) -> np.ndarray:
         """X for predict/score/partial_fit: scikit-learn's validate_data order (feature
-        names against those seen in fit, check_array, the number of features)."""
+        names against those seen in fit, check_array, the number of features).
+        ``features``: (n_features, names) of a model being fitted, instead of the fitted
+        model's."""
+        n_features, fitted = features or (self.n_features_in_, getattr(self, "feature_names_in_", None))
         names = feature_names(X)
-        fitted = getattr(self, "feature_names_in_", None)
         if fitted is not None and names is None:
             warnings.warn(
                 "X does not have valid feature names, but GaussianMixture was fitted with feature names",
@@ -225,10 +242,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         elif fitted is not None and (len(fitted) != len(names) or np.any(fitted != names)):
             raise ValueError(feature_names_mismatch(fitted, names))
         arr = self._checked_array(X, 1)
-        if arr.shape[1] != self.n_features_in_:
+        if arr.shape[1] != n_features:
             raise ValueError(
                 f"X has {arr.shape[1]} features, but GaussianMixture is expecting "
-                f"{self.n_features_in_} features as input."
+                f"{n_features} features as input."
             )
         return arr
 
@@ -312,7 +329,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Validate, pick the data source, run the EM driver, set the fitted attributes;
         returns the validated X (NumPy, a Dask array, or a tensor on its device)."""
         settings = self._check_params()
-        self._reset_online()  # a new fit ends online EM
         if is_tensor(X):
             source, X, names = self._tensor_source(X, sample_weight, settings)
         elif is_dask_array(X):
@@ -367,7 +383,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         import torch
 
         from .sources.tensor import TensorSource
-        from .torch.distributed import current_group, raise_together
+        from .torch.distributed import current_group
 
         if X.is_complex():
             raise ValueError("Complex data not supported")
@@ -381,24 +397,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             sw_host = self._fit_weights(X_host, to_numpy(sample_weight))
             sw = None if sw_host is None else torch.as_tensor(sw_host, device=Xt.device)
             return TensorSource(Xt, X_host, sw, sw_host), Xt, names
-        from .sources.distributed import DistributedTensorSource
+        from .sources.distributed import rank_source
 
-        # each rank holds a part of the data: the sample-count rules apply to all of it
-        # (checked by the source), and an error on one rank is raised on all
-        error = None
-        try:
+        def validate():
+            # each rank holds a part of the data: the sample-count rules apply to all of
+            # it (checked by the source)
             X_host, names = self._validate_fit_X(Xt.cpu().numpy(), min_samples=1)
-            sw_host = check_sample_weight(to_numpy(sample_weight), X_host.shape[0], X_host.dtype, allow_zero_sum=True)
-        except ValueError as exc:
-            error = exc
-        raise_together(error, group)
-        sw = None if sw_host is None else torch.as_tensor(sw_host, device=Xt.device)
-        source = None
-        try:
-            source = DistributedTensorSource(Xt, X_host, sw, sw_host, group, settings, self.random_state)
-        except ValueError as exc:
-            error = exc
-        raise_together(error, group)
+            sw = check_sample_weight(to_numpy(sample_weight), X_host.shape[0], X_host.dtype, allow_zero_sum=True)
+            return X_host, names, sw
+
+        source, names = rank_source(Xt, validate, group, settings, self.random_state)
         return source, Xt, names
 
     def _warm(self) -> bool:
@@ -412,7 +420,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             warm = WarmStart(self._fitted_params(), self.lower_bound_, getattr(self, "reg_covar_", self.reg_covar))
         inits = self._checked_inits(source.n_features)
         random_state = check_random_state(self.random_state)
-        result = driver.fit(settings, source, random_state, inits, warm_start=warm, monitor=self._monitor())
+        checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint, self.checkpoint_every)
+        result = driver.fit(
+            settings, source, random_state, inits, warm_start=warm, monitor=self._monitor(), checkpoint=checkpoint
+        )
+        # the fitted attributes, all at once: an interrupted or failed fit leaves the
+        # estimator as it was
+        self._reset_online()  # a new fit ends online EM
         self._set_features(source.n_features, names)
         self._set_attributes(source.attributes(result.params))
         self.converged_ = result.converged
@@ -466,7 +480,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         which restarts a collapsed component at the worst-explained row of the sample.
         """
         settings = self._check_params()
-        self._reset_online()
         chunks = Chunks(chunks)
         if not chunks.reiterable:
             raise TypeError(
@@ -517,12 +530,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if is_tensor(X):
             X = X.detach().cpu().numpy()
         online = self.__dict__.get("_online")
+        features = None
         if online is None:
-            online, batch = self._start_online(settings, X, sample_weight)
+            online, batch, features = self._start_online(settings, X, sample_weight)
         else:
             batch = self._online_batch(X, sample_weight, online.dtype)
+        # a failed step leaves the model (and the online state) of the previous step
         run = online.run(lambda: (batch,), max_iter=1)
-        self._end_online(online, run.lower_bounds, False)
+        self._end_online(online, features, run.lower_bounds, False)
         return self
 
     def fit_minibatch(self, X, y=None, sample_weight=None, *, batch_size=None, max_epochs=10, shuffle=True):
@@ -566,18 +581,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if batch_size is not None:
             check_int("batch_size", batch_size, 1)
         from_fitted = bool(self.warm_start and hasattr(self, "means_"))
-        if not from_fitted:
-            self._reset_online()
+        if self.checkpoint is not None:
+            warnings.warn("checkpoint is not used by mini-batch (online) EM", UserWarning)
         random_state = check_random_state(self.random_state)
         if is_tensor(X):
             X = X.detach().cpu().numpy()
         default_size = max(10_000, 100 * self.n_components)
         batches, names = minibatches(X, sample_weight, batch_size, default_size, shuffle, random_state, max_epochs)
-        online = self.__dict__.get("_online")
+        # a new run of online EM replaces the current one only when it succeeds
+        online = self.__dict__.get("_online") if from_fitted else None
+        features = None  # (n_features, names) of a new model, set at the end
 
         def sources(raw):
             for Xb, wb in raw:
-                yield self._online_batch(Xb, wb, online.dtype)
+                yield self._online_batch(Xb, wb, online.dtype, features)
 
         first_epoch = []
         if online is None:
@@ -587,16 +604,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             first = next(raw, None)
             if first is None:
                 raise ValueError("X gave no data")
-            online, batch = self._start_online(settings, first[0], first[1], random_state, from_fitted)
+            online, batch, features = self._start_online(settings, first[0], first[1], random_state, from_fitted)
             first_epoch.append(itertools.chain([batch], sources(raw)))
         run = online.run(
             lambda: first_epoch.pop() if first_epoch else sources(batches()),
             max_iter=max_epochs,
             monitor=self._monitor(),
         )
-        self._end_online(online, run.lower_bounds, run.converged)
         if names is not None:
-            self.feature_names_in_ = names
+            features = (online.params.means.shape[1], names)
+        self._end_online(online, features, run.lower_bounds, run.converged)
         if not run.converged:
             warnings.warn(
                 f"Mini-batch EM did not converge in max_epochs={max_epochs} epoch(s) (the mean "
@@ -614,6 +631,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.__dict__.pop("n_batch_iter_", None)
 
     def _start_online(self, settings, X, sample_weight, random_state=None, from_fitted=None):
+        """A new OnlineEM, its first batch and the new model's (n_features, names)
+        (None when it continues the fitted model); nothing is set on the estimator."""
+        features = None
         if from_fitted is None:
             from_fitted = hasattr(self, "means_")
         if from_fitted:
@@ -632,21 +652,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         else:
             X, names = self._validate_fit_X(X, min_samples=1)
-            self._set_features(X.shape[1], names)
+            features = (X.shape[1], names)
             batch = ArraySource(X, self._fit_weights(X, sample_weight))
             rs = check_random_state(self.random_state) if random_state is None else random_state
             online = driver.OnlineEM.from_data(settings, batch, rs, self._checked_inits(X.shape[1]))
-        self._online = online
-        return online, batch
+        return online, batch, features
 
-    def _online_batch(self, X, sample_weight, dtype) -> ArraySource:
-        X = self._validate_X(X)
+    def _online_batch(self, X, sample_weight, dtype, features=None) -> ArraySource:
+        X = self._validate_X(X, features)
         if X.dtype != dtype:
             X = X.astype(dtype)
         return ArraySource(X, check_sample_weight(to_numpy(sample_weight), X.shape[0], X.dtype))
 
-    def _end_online(self, online, lower_bounds, converged):
+    def _end_online(self, online, features, lower_bounds, converged):
+        """Sets the fitted attributes of a successful online step or run together."""
         p, dt = online.params, online.dtype
+        self._online = online
+        if features is not None:
+            self._set_features(*features)
         self._set_attributes(
             {
                 "weights_": p.weights.astype(dt),
@@ -821,54 +844,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # progress: the EM driver reports to a monitor, which calls these hooks
 
     def _monitor(self) -> driver.Monitor:
-        return _EstimatorMonitor(self)
+        return EstimatorMonitor(self)
 
     def _on_iteration(self, n_iter, lower_bound, change):
         self._verbose_iter_end(n_iter, change)
 
-    # scikit-learn's verbose output, word for word
+    # scikit-learn's verbose output, word for word (_verbose.py)
     def _verbose_init_begin(self, n_init):
-        if self.verbose >= 1:
-            print("Initialization %d" % n_init)
-        if self.verbose >= 2:
-            self._init_prev_time = time()
-            self._iter_prev_time = self._init_prev_time
+        self.__dict__.setdefault("_verbose_output", VerboseOutput()).init_begin(self.verbose, n_init)
 
     def _verbose_iter_end(self, n_iter, diff_ll):
-        if n_iter % self.verbose_interval == 0:
-            if self.verbose == 1:
-                print("  Iteration %d" % n_iter)
-            elif self.verbose >= 2:
-                cur_time = time()
-                print(
-                    "  Iteration %d\t time lapse %.5fs\t ll change %.5f"
-                    % (n_iter, cur_time - self._iter_prev_time, diff_ll)
-                )
-                self._iter_prev_time = cur_time
+        self.__dict__.setdefault("_verbose_output", VerboseOutput()).iter_end(
+            self.verbose, self.verbose_interval, n_iter, diff_ll
+        )
 
     def _verbose_init_end(self, lb, converged):
-        msg = "converged" if converged else "did not converge"
-        if self.verbose == 1:
-            print(f"Initialization {msg}.")
-        elif self.verbose >= 2:
-            t = time() - self._init_prev_time
-            print(f"Initialization {msg}. time lapse {t:.5f}s\t lower bound {lb:.5f}.")
-
-
-class _EstimatorMonitor(driver.Monitor):
-    """The driver's progress, to the estimator's (overridable) verbose hooks."""
-
-    def __init__(self, estimator):
-        self.estimator = estimator
-
-    def init_begin(self, init):
-        self.estimator._verbose_init_begin(init)
-
-    def iteration(self, n_iter, lower_bound, change):
-        self.estimator._on_iteration(n_iter, lower_bound, change)
-
-    def init_end(self, lower_bound, converged):
-        self.estimator._verbose_init_end(lower_bound, converged)
+        self.__dict__.setdefault("_verbose_output", VerboseOutput()).init_end(self.verbose, lb, converged)
 
 
 def load(path) -> GaussianMixture:

@@ -43,6 +43,9 @@ class ArraySource(DataSource):
     def recovery_rows(self) -> tuple:
         return self.X, self.sw
 
+    def column_means(self) -> np.ndarray:
+        return np.mean(self.X, axis=0, dtype=np.float64)
+
     def em_stats(self, params, settings) -> EMStats:
         return ops.em_stats(
             self.X,

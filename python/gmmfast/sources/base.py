@@ -16,6 +16,8 @@ The EM driver (:mod:`gmmfast._driver`) never sees where the rows live. It asks a
   the source's device and the host, where the recovery code runs;
 - ``recovery_rows()``: host rows ``(X, sample_weight)`` where recovery may restart a
   component (all the rows in memory; a sample of them for data in parts);
+- ``column_means()`` and ``is_root``: a fingerprint of the data for checkpoints, and
+  whether this process writes them;
 - ``agree(params, state)``: the same parameters on every process (torch.distributed);
 - ``attributes(params)``: the fitted arrays, in the data's dtype and kind of array.
 
@@ -59,6 +61,8 @@ class DataSource:
     defaults are those of data on the host, whose statistics are EMStats."""
 
     device = "cpu"
+    #: whether this process writes checkpoints (one process of a distributed fit does)
+    is_root = True
     n_features: int
     n_rows: int
     dtype: np.dtype
@@ -70,6 +74,10 @@ class DataSource:
         raise NotImplementedError
 
     def recovery_rows(self) -> tuple:
+        raise NotImplementedError
+
+    def column_means(self) -> np.ndarray:
+        """float64 column means of the data (a checkpoint's fingerprint of it)."""
         raise NotImplementedError
 
     def finalize(self, stats: EMStats, reg_covar: float, settings) -> Finalized:
@@ -124,6 +132,9 @@ class PartitionedData(DataSource):
 
     def initial_stats(self, settings, random_state) -> EMStats:
         return _partitioned_initial_stats(settings, self, random_state)
+
+    def column_means(self) -> np.ndarray:
+        return self.mean
 
     def recovery_rows(self) -> tuple:
         # a restart picks the worst-explained row of the pool: no single pass can look

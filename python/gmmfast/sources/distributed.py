@@ -35,6 +35,7 @@ class DistributedTensorSource(PartitionedData, TensorSource):
         self.group = group
         X, sw = X_host, sw_host
         self.rank = dist.get_rank(group)
+        self.is_root = self.rank == 0
         self.world = dist.get_world_size(group)
         self.root_rank = dist.get_global_rank(group, 0) if group is not dist.group.WORLD else 0
         self.comm_device = _comm_device(group, torch.device("cpu"))
@@ -163,3 +164,26 @@ class DistributedTensorSource(PartitionedData, TensorSource):
             self.host.X, self.host.sw, seed, self.offset, n_components, centres, covariance_type, n_threads
         )
         return self._all_reduce_stats(st)
+
+
+def rank_source(X, validate, group, settings, random_state):
+    """(this rank's source, X's column names): ``validate()`` returns this rank's host
+    rows, names and weights; an error on any rank (invalid data, a different number of
+    features, too few rows in all) is raised on every rank, rather than leaving the
+    others waiting in a collective."""
+    from ..torch.distributed import raise_together
+
+    error = X_host = names = sw_host = None
+    try:
+        X_host, names, sw_host = validate()
+    except ValueError as exc:
+        error = exc
+    raise_together(error, group)
+    sw = None if sw_host is None else torch.as_tensor(sw_host, device=X.device)
+    source = None
+    try:
+        source = DistributedTensorSource(X, X_host, sw, sw_host, group, settings, random_state)
+    except ValueError as exc:
+        error = exc
+    raise_together(error, group)
+    return source, names

@@ -55,6 +55,9 @@ class TensorSource(DataSource):
     def recovery_rows(self) -> tuple:
         return self.host.recovery_rows()
 
+    def column_means(self) -> np.ndarray:
+        return self.host.column_means()
+
     def sum_across_processes(self, stats: TensorStats) -> TensorStats:
         """The statistics of all the data (one process holds all of it here)."""
         return stats
