@@ -4,12 +4,17 @@ the statistics.
 
 References: the in-memory fit of the same data from the same initial mixture (equal up
 to the order of floating-point sums), and the in-memory fit with the same random_state
-when every block is its own initialisation summary."""
+when every block is its own initialisation summary. The worker-loss tests kill worker
+processes of their own cluster mid-fit: the reference is the undisturbed fit."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -19,7 +24,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("dask.distributed")
 
 import gmmfast.dask  # noqa: E402
-from gmmfast import GaussianMixture  # noqa: E402
+from gmmfast import ConvergenceWarning, GaussianMixture  # noqa: E402
 
 PARAMS = ("weights_", "means_", "covariances_", "precisions_cholesky_")
 
@@ -144,3 +149,176 @@ def test_errors(client):
         GaussianMixture(2, n_threads=1).fit(da.from_array(X, chunks=(200, 3)), sample_weight=-np.ones(600))
     with pytest.raises(ValueError, match="2D"):
         GaussianMixture(2).fit(da.ones((10, 2, 2)))
+
+
+# --------------------------------------------------------------------- losing workers
+#
+# A fresh two-process LocalCluster per test (these tests kill its workers). X is
+# persisted from a graph, so Dask can recompute the blocks a dead worker held. A
+# worker is killed with SIGKILL from a timer thread started by the iteration hook, so
+# the kill lands inside a later pass (or between passes: both are recovered the same
+# way). Every wait is bounded: the fit runs in a daemon thread joined with a timeout.
+
+FAULT_KW = dict(n_components=4, covariance_type="full", n_threads=1, tol=0.0, max_iter=12,
+                init_params="kmeans", random_state=0)
+
+
+class KillAtIteration(GaussianMixture):
+    """Calls self.kill (if set) from a timer thread 20 ms after iteration self.kill_at
+    ends, inside the next pass or between passes; iteration kill_at + 1 does not end
+    before the kill is done, so that the fit goes on past it."""
+
+    kill = None
+    kill_at = 3
+
+    def _on_iteration(self, n_iter, lower_bound, change):
+        super()._on_iteration(n_iter, lower_bound, change)
+        if self.kill is not None and n_iter == self.kill_at:
+            self._timer = threading.Timer(0.02, self.kill)
+            self._timer.start()
+        elif self.kill is not None and n_iter == self.kill_at + 1:
+            self._timer.join(10.0)
+
+
+@pytest.fixture
+def fault_client(monkeypatch):
+    monkeypatch.setattr(gmmfast.dask, "recompute_timeout", 30.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Port .* is already in use")  # the module's cluster has it
+        cluster = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        )
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def graph_blobs(n=200_000, chunk=10_000):
+    """Four blobs of 4-D rows, generated on the workers from a graph (recomputable)."""
+    X = da.random.RandomState(0).normal(size=(n, 4), chunks=(chunk, 4))
+    return X + 3.0 * (da.arange(n, chunks=chunk) % 4)[:, None]
+
+
+def bounded_fit(gm, X, sample_weight=None, seconds=60.0):
+    """gm.fit(X) in a daemon thread: (the estimator or the exception, the warnings)."""
+    out = {}
+
+    def run():
+        try:
+            out["result"] = gm.fit(X, sample_weight=sample_weight)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["result"] = exc
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(seconds)
+    assert not t.is_alive(), f"the fit did not end within {seconds} s"
+    return out["result"], [w for w in caught if not issubclass(w.category, ConvergenceWarning)]
+
+
+def holder_of_block(client, X, i=0):
+    return client.who_has(distributed.futures_of(X))[X.__dask_keys__()[i][0]][0]
+
+
+def kill_worker(client, address, restart):
+    """SIGKILL the worker process at address; without ``restart`` its nanny is told first
+    not to start a new one (a machine lost, or a worker without a nanny)."""
+    pid = client.run(os.getpid, workers=[address])[address]
+    if not restart:
+        client.run(lambda dask_worker: dask_worker.close_gracefully(), nanny=True, workers=[address])
+    return lambda: os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(predicate, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "restart,weighted",
+    [(True, False), (False, False), (True, True)],
+    ids=["nanny-restarts-worker", "worker-gone", "weighted"],
+)
+def test_worker_loss_mid_fit_gives_the_undisturbed_fit(fault_client, restart, weighted):
+    """A worker holding blocks of X is SIGKILLed during the 4th iteration: Dask recomputes
+    its blocks from X's graph, the interrupted pass is redone, and the fit is the
+    undisturbed one, bit for bit. With a nanny (the default of a real cluster) the worker
+    comes back at a new address; without, the fit ends on the surviving worker. No block
+    of X travels between workers, before or after the recovery."""
+    client = fault_client
+    X = graph_blobs().persist()
+    w = None
+    if weighted:
+        w = (da.arange(X.shape[0], chunks=10_000) % 3).astype(np.float64)
+    distributed.wait(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = GaussianMixture(**FAULT_KW).fit(X, sample_weight=w)
+    assert ref.n_iter_ == 12
+
+    victim = holder_of_block(client, X)
+    gm = KillAtIteration(**FAULT_KW)
+    gm.kill = kill_worker(client, victim, restart)
+    client.run(lambda dask_worker: dask_worker.transfer_outgoing_log.clear())
+    t0 = time.monotonic()
+    got, caught = bounded_fit(gm, X, sample_weight=w)
+    elapsed = time.monotonic() - t0
+    if isinstance(got, BaseException):
+        raise got
+    logs = client.run(lambda dask_worker: list(dask_worker.transfer_outgoing_log))
+    sent = {str(k) for log in logs.values() for e in log for k in e["keys"]}
+    assert not sent & {str(k) for (k,) in X.__dask_keys__()}
+    messages = [str(c.message) for c in caught]
+    assert any(
+        issubclass(c.category, RuntimeWarning) and victim in str(c.message) and "recomputed" in str(c.message)
+        for c in caught
+    ), messages
+    assert victim not in client.nthreads()
+    # the same fit: statistics are exact sums in a fixed tree
+    assert got.n_iter_ == ref.n_iter_ and got.converged_ == ref.converged_
+    assert got.lower_bound_ == ref.lower_bound_
+    for attr in PARAMS:
+        np.testing.assert_array_equal(getattr(got, attr), getattr(ref, attr), err_msg=attr)
+    # the blocks are all in memory again, on live workers
+    who = client.who_has(distributed.futures_of(X))
+    assert all(set(h) <= set(client.nthreads()) and h for h in who.values())
+    if restart:
+        wait_for(lambda: len(client.nthreads()) == 2)
+    else:
+        assert len(client.nthreads()) == 1
+    assert elapsed < 45, elapsed
+
+
+def test_worker_loss_errors(fault_client, monkeypatch):
+    """A clear error when the lost blocks cannot be recomputed (X built from arrays sent
+    with client.scatter: no graph), and when the retries are used up
+    (max_block_retries = 0 restores the old error)."""
+    client = fault_client
+    rng = np.random.default_rng(0)
+    parts = [client.scatter(rng.normal(size=(5_000, 4)) + 3.0 * (i % 4)) for i in range(8)]
+    X = da.concatenate([da.from_delayed(p, shape=(5_000, 4), dtype=np.float64) for p in parts])
+    X = X.persist()
+    distributed.wait(X)
+    victim = holder_of_block(client, X)
+    gm = KillAtIteration(**FAULT_KW)
+    gm.kill = kill_worker(client, victim, restart=True)
+    got, _ = bounded_fit(gm, X)
+    assert isinstance(got, RuntimeError), got
+    assert "cannot be recomputed" in str(got) and "client.scatter" in str(got) and victim in str(got)
+    wait_for(lambda: len(client.nthreads()) == 2)
+
+    monkeypatch.setattr(gmmfast.dask, "max_block_retries", 0)
+    X = graph_blobs(40_000, 5_000).persist()
+    distributed.wait(X)
+    victim = holder_of_block(client, X)
+    gm = KillAtIteration(**FAULT_KW)
+    gm.kill = kill_worker(client, victim, restart=True)
+    got, caught = bounded_fit(gm, X)
+    assert isinstance(got, RuntimeError), got
+    assert "max_block_retries = 0" in str(got) and victim in str(got)
+    assert not any(issubclass(c.category, RuntimeWarning) for c in caught)

@@ -42,6 +42,39 @@ order, and the initialisation is that of the in-memory fit with the same
 random_state. Given ``weights_init``, ``means_init`` and ``precisions_init``, the first
 pass only checks the data.
 
+Losing workers
+--------------
+With a ``dask.distributed`` client and X persisted, each block's task runs on a worker
+holding the block. If the only workers holding some blocks leave the cluster during a
+fit (a crash, a killed process, a lost machine), the pass under way (an EM iteration,
+or one of the initialisation's passes) is cancelled, Dask recomputes the lost blocks
+from X's graph (the scheduler keeps the task behind every persisted block and
+recomputes it when its data is lost; it runs on any live worker, a restarted one
+included), gmmfast reads where the blocks now live, places the sample weights of those
+blocks next to them, and redoes the pass from the start. Statistics are exact sums in a
+fixed tree order, so the fit is the undisturbed one: the same iterations, lower bound
+and parameters, bit for bit (a block's statistics depend on the thread count computing
+them, not on the worker: set ``n_threads`` when the workers' default thread counts,
+``OMP_NUM_THREADS`` or their cores, differ). Each recovery emits a
+``RuntimeWarning`` naming the lost workers and the recomputed blocks. Rows still never
+travel to the client, and the tasks still run where the blocks are (blocks recomputed
+elsewhere are not moved back to a worker that the nanny restarts).
+
+A loss is noticed within about a second of the scheduler removing the worker (by its
+address: a worker that a nanny restarts at the same address, with a fixed worker port,
+may go unnoticed; the fit is still right, as Dask recomputes the blocks and runs the
+pinned tasks there, but blocks recomputed on other workers are then copied to it in
+each pass). The fit still fails, with a ``RuntimeError`` saying which blocks and why, when
+
+- the lost blocks cannot be recomputed: X was built from data that existed only on the
+  lost workers, with no graph behind it (e.g. arrays sent with ``client.scatter``), or
+  recomputing them fails (Dask's error is quoted);
+- they are not back on a live worker within :data:`recompute_timeout` seconds;
+- workers holding blocks are lost more than :data:`max_block_retries` times in one pass.
+
+Without a distributed client (Dask's local schedulers) nothing is pinned and Dask
+itself handles its tasks.
+
 The data source itself is :class:`gmmfast.sources.dask.DaskSource`; the EM loop is the
 one of every fit (``gmmfast._driver``).
 """
@@ -50,7 +83,16 @@ from __future__ import annotations
 
 from .sources.dask import _dask, candidates_per_block, stats_nbytes
 
-__all__ = ["fit", "candidates_per_block", "stats_nbytes"]
+__all__ = ["fit", "candidates_per_block", "stats_nbytes", "max_block_retries", "recompute_timeout"]
+
+#: Recoveries from lost workers allowed in one pass over the blocks (an EM iteration or
+#: an initialisation pass) before the fit raises; 0 raises at the first loss. Read when
+#: a fit starts.
+max_block_retries = 3
+
+#: Seconds a recovery waits for Dask to recompute the lost blocks on live workers before
+#: the fit raises; None waits without limit. Read when a fit starts.
+recompute_timeout = 600.0
 
 
 def fit(estimator, X, sample_weight=None, *, candidates_per_block=None):

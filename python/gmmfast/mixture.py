@@ -332,6 +332,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if is_tensor(X):
             source, X, names = self._tensor_source(X, sample_weight, settings)
         elif is_dask_array(X):
+            from . import dask as dask_api
             from .sources.dask import DaskSource
 
             initialise = not (
@@ -339,7 +340,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 or (self.weights_init is not None and self.means_init is not None and self.precisions_init is not None)
             )
             source = DaskSource(
-                X, sample_weight, settings, check_random_state(self.random_state), initialise, candidates_per_block
+                X, sample_weight, settings, check_random_state(self.random_state), initialise, candidates_per_block,
+                max_block_retries=dask_api.max_block_retries, recompute_timeout=dask_api.recompute_timeout,
             )
             X, names = source.X, None
         elif needs_blockwise_conversion(X):

@@ -7,6 +7,9 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import time
+import warnings
+from concurrent.futures import CancelledError  # what distributed raises for cancelled futures
 
 import numpy as np
 
@@ -120,10 +123,22 @@ def _identity(x):
     return x
 
 
-def _placement(holders) -> dict:
-    """submit/compute arguments that keep a task on the workers holding its block."""
+def _placement(holders, strict=True) -> dict:
+    """submit/compute arguments that keep a task on the workers holding its block
+    (``strict=False``: prefer them, run elsewhere when none of them is alive)."""
     holders = list(holders or ())
-    return dict(workers=holders, allow_other_workers=False) if holders else {}
+    return dict(workers=holders, allow_other_workers=not strict) if holders else {}
+
+
+class _WorkersLost(Exception):
+    """Raised inside a pass: the only workers holding some blocks left the cluster."""
+
+    def __init__(self, workers):
+        super().__init__(workers)
+        self.workers = set(workers)
+
+
+_POLL_S = 1.0  # how often a waiting pass checks that the blocks' workers are alive
 
 
 def _sum_stats(*parts) -> EMStats:
@@ -145,10 +160,14 @@ def _tree_sum(parts, split_every=8):
 class DaskSource(PartitionedData):
     """A Dask array (and its weights) as blocks of rows; see the module docstring."""
 
-    def __init__(self, X, sample_weight, settings, random_state, initialise=True, n_candidates=None):
+    def __init__(self, X, sample_weight, settings, random_state, initialise=True, n_candidates=None,
+                 max_block_retries=3, recompute_timeout=600.0):
         """``initialise``: the initialisation needs the candidate summaries (False for a
-        warm start or when every *_init is given: the first pass only checks)."""
+        warm start or when every *_init is given: the first pass only checks).
+        ``max_block_retries``, ``recompute_timeout``: see :mod:`gmmfast.dask` (worker loss)."""
         dask, da = _dask()
+        self.max_block_retries = int(max_block_retries)
+        self.recompute_timeout = None if recompute_timeout is None else float(recompute_timeout)
         if X.ndim != 2:
             raise ValueError(
                 f"Expected 2D array, got {X.ndim}D dask array instead. Reshape your data to "
@@ -228,11 +247,20 @@ class DaskSource(PartitionedData):
     # weights are placed next to their blocks once: during the fit only the mixture and
     # the statistics travel. Otherwise the blocks are computed by the graph where the
     # scheduler puts them (still never sent to the client).
+    #
+    # Worker loss. A task pinned to a worker that left the cluster would wait for ever,
+    # so a pass waiting for its results checks every _POLL_S seconds that each block
+    # still has a live holder. When the only holders of some blocks are gone, the pass
+    # is cancelled, Dask recomputes the lost blocks from X's graph (the scheduler keeps
+    # the task of every persisted key a client holds, and recomputes it when its data is
+    # lost), the placement is read again, the weights of moved blocks are placed anew,
+    # and the pass is redone from the start: the same sums in the same tree, so the
+    # same statistics. At most max_block_retries recoveries per pass.
 
     def _pin_to_workers(self, X, sw):
         self.client = None
         try:
-            from distributed import futures_of, get_client
+            from distributed import futures_of, get_client, wait
         except ImportError:
             return
         try:
@@ -246,20 +274,29 @@ class DaskSource(PartitionedData):
             return  # X is not persisted as these blocks
         self.client = client
         self.block_futures = [futures[k] for k in flat]
+        self._inflight = []
         # the blocks stay where they are (no task of this fit moves them), so this is
-        # asked once
+        # asked once (when X is in memory), and again only after a worker holding blocks
+        # is lost
+        wait(self.block_futures)
         who = client.who_has(self.block_futures)
         self.holders = [list(who.get(f.key, ())) for f in self.block_futures]
-        if sw is None:
-            self.weight_futures = [None] * len(flat)
-        else:
-            self.weight_futures = [
-                client.compute(wb, **_placement(who.get(bf.key)))
-                for wb, bf in zip(self.wblocks, self.block_futures)
-            ]
+        self.weight_futures = [None] * len(flat)
+        if sw is not None:
+            self._place_weights(range(len(flat)))
 
-    def _submit(self, task, args):
-        """One task per block, each on a worker holding its block; (futures, workers)."""
+    def _place_weights(self, blocks):
+        """Weights of these blocks on their blocks' workers: computed there if they can
+        be (elsewhere if those are gone), then copied by a task pinned there. Only that
+        copy is pinned (a key of its own), so that no task of the weights' graph is tied
+        to a worker that may leave."""
+        client = self.client
+        for i in blocks:
+            raw = client.compute(self.wblocks[i], **_placement(self.holders[i], strict=False))
+            self.weight_futures[i] = client.submit(_identity, raw, pure=False, **_placement(self.holders[i]))
+
+    def _submit(self, task, args) -> list:
+        """One task per block, each on a worker holding its block."""
         client = self.client
         # an argument shared by several blocks (the mixture) travels once to each worker
         all_args = [args(i) for i in range(len(self.block_futures))]  # alive: ids stay unique
@@ -267,7 +304,7 @@ class DaskSource(PartitionedData):
         for a in (a for block_args in all_args for a in block_args):
             uses[id(a)] = uses.get(id(a), 0) + 1
         shared = {}
-        futures, workers = [], set()
+        futures = []
         for i, (bf, wf) in enumerate(zip(self.block_futures, self.weight_futures)):
             extra = []
             for a in all_args[i]:
@@ -275,34 +312,151 @@ class DaskSource(PartitionedData):
                     if id(a) not in shared:
                         # a task holding it (no blocking round trip, as scatter has)
                         shared[id(a)] = client.submit(_identity, a, pure=False)
+                        self._inflight.append(shared[id(a)])
                     a = shared[id(a)]
                 extra.append(a)
-            holders = self.holders[i]
-            workers.update(holders)
-            futures.append(client.submit(task, bf, wf, *extra, pure=False, **_placement(holders)))
-        return futures, workers
+            futures.append(client.submit(task, bf, wf, *extra, pure=False, **_placement(self.holders[i])))
+        self._inflight.extend(futures)
+        return futures
 
-    def _wait(self, future, workers):
-        """future.result(), or a clear error if a worker holding blocks leaves meanwhile
-        (a task pinned to it would otherwise wait for ever)."""
+    def _lost_workers(self) -> set:
+        """The workers that were the only holders of some block and are gone."""
+        alive = set(self.client.nthreads())
+        return {w for h in self.holders if h and not alive.intersection(h) for w in h}
+
+    def _wait(self, future):
+        """future.result(), or _WorkersLost if the only workers holding some blocks
+        leave meanwhile (a task pinned to them would otherwise wait for ever)."""
         while True:
             try:
-                return future.result(timeout=5)
+                return future.result(timeout=_POLL_S)
             except TimeoutError:
-                alive = set(self.client.scheduler_info()["workers"])
-                lost = workers - alive
+                lost = self._lost_workers()
                 if lost:
-                    self.client.cancel(future)
+                    raise _WorkersLost(lost) from None
+            except Exception:
+                # a task of the pass lost with its worker (cancelled, KilledWorker):
+                # recovered as a loss; any other error is the task's own
+                lost = self._lost_workers()
+                if lost:
+                    raise _WorkersLost(lost) from None
+                raise
+
+    def _on_cluster(self, run):
+        """run() (one pass on the cluster), redone after each recovery from lost
+        workers, at most max_block_retries times."""
+        recoveries = 0
+        while True:
+            self._inflight = []
+            try:
+                return run()
+            except _WorkersLost as exc:
+                self.client.cancel(self._inflight)
+                if recoveries >= self.max_block_retries:
                     raise RuntimeError(
-                        f"worker(s) {sorted(lost)} holding blocks of X left the cluster during "
-                        "the fit: persist X again and refit"
+                        f"worker(s) {sorted(exc.workers)} holding blocks of X left the cluster during "
+                        f"the fit, loss {recoveries + 1} in one pass (gmmfast.dask.max_block_retries "
+                        f"= {self.max_block_retries}): persist X again and refit"
                     ) from None
+                recoveries += 1
+                self._recover(exc.workers, recoveries)
+            finally:
+                self._inflight = []
+
+    def _recover(self, lost, attempt):
+        """Wait until Dask has recomputed the blocks lost with ``lost``, read the
+        placement again and place anew the weights that are not with their blocks."""
+        _, holders = self._await_holders(self.block_futures, lost, "blocks of X")
+        moved = [i for i, (old, new) in enumerate(zip(self.holders, holders)) if not set(old) & set(new)]
+        self.holders = holders
+        if self.weighted:
+            stale = self._stale_weights()
+            old = [self.weight_futures[i] for i in stale]
+            try:
+                self._place_weights(stale)
+            except CancelledError:  # their graph holds data that is gone
+                raise RuntimeError(
+                    f"blocks of sample_weight {stale} were lost with worker(s) {sorted(lost)} and "
+                    "cannot be recomputed: Dask has no graph to recompute them from. Persist X and "
+                    "sample_weight from their source again and refit"
+                ) from None
+            self.client.cancel(old)
+            self._await_holders(self.weight_futures, lost, "blocks of sample_weight")
+        now = sorted({w for i in moved for w in holders[i]})
+        warnings.warn(
+            f"gmmfast.dask: worker(s) {sorted(lost)} holding blocks of X left the cluster during the "
+            f"fit; blocks {moved} of X, held only there, were recomputed by Dask from X's graph "
+            f"(now on {now}) and the interrupted pass is redone (recovery {attempt} of at most "
+            f"{self.max_block_retries} in this pass: gmmfast.dask.max_block_retries)",
+            RuntimeWarning,
+        )
+
+    def _stale_weights(self) -> list:
+        """The blocks whose weights are not (or no longer) on a live worker holding the
+        block."""
+        while True:
+            alive = set(self.client.nthreads())
+            live = [f for f in self.weight_futures if f.status not in ("cancelled", "error")]
+            try:
+                who = self.client.who_has(live)
+            except CancelledError:
+                continue  # one was just cancelled
+            return [
+                i for i, f in enumerate(self.weight_futures)
+                if not alive.intersection(self.holders[i]).intersection(who.get(f.key, ()))
+            ]
+
+    def _await_holders(self, futures, lost, what):
+        """Wait (recompute_timeout at most) until each future's data is on a live
+        worker; (live workers, holders per future). A clear error for data that Dask
+        cannot recompute."""
+        client = self.client
+        timeout = self.recompute_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            gone = [i for i, f in enumerate(futures) if f.status in ("cancelled", "error")]
+            if gone:
+                raise RuntimeError(self._unrecoverable(futures, gone, lost, what)) from None
+            alive = set(client.nthreads())
+            try:
+                who = client.who_has(futures)
+            except CancelledError:
+                continue  # a future was just cancelled: say which above
+            holders = [[w for w in who.get(f.key, ()) if w in alive] for f in futures]
+            missing = [i for i, h in enumerate(holders) if not h]
+            if not missing:
+                return alive, holders
+            if deadline is not None and time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{what} {missing}, lost with worker(s) {sorted(lost)}, were not recomputed "
+                    f"within gmmfast.dask.recompute_timeout = {self.recompute_timeout} s "
+                    f"({len(alive)} worker(s) alive): persist X again and refit"
+                )
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
+
+    @staticmethod
+    def _unrecoverable(futures, gone, lost, what) -> str:
+        why = []
+        cancelled = [i for i in gone if futures[i].status == "cancelled"]
+        if cancelled:
+            which = "them" if cancelled == gone else f"{cancelled}"
+            why.append(
+                f"Dask has no graph to recompute {which} from (X was built from data that "
+                "existed only on the lost worker(s), e.g. arrays sent with client.scatter)"
+            )
+        for i in (i for i in gone if futures[i].status == "error"):
+            why.append(f"recomputing [{i}] failed: {futures[i].exception()!r}")
+        return (
+            f"{what} {gone} were lost with worker(s) {sorted(lost)} and cannot be recomputed: "
+            + "; ".join(why) + ". Persist X from its source again and refit"
+        )
 
     def _map(self, task, args) -> list:
         """task(block, weights, *args(i)) for every block, gathered in block order."""
         if self.client is not None:
-            futures, workers = self._submit(task, args)
-            return [self._wait(f, workers) for f in futures]
+            return self._on_cluster(lambda: [self._wait(f) for f in self._submit(task, args)])
         dask, _ = _dask()
         tasks = [dask.delayed(task)(b, w, *args(i)) for i, (b, w) in enumerate(zip(self.blocks, self.wblocks))]
         return list(dask.compute(*tasks))
@@ -310,13 +464,18 @@ class DaskSource(PartitionedData):
     def _reduce(self, task, args) -> EMStats:
         """The sum of task(block, weights, *args(i)) over the blocks, in a fixed tree."""
         if self.client is not None:
-            parts, workers = self._submit(task, args)
-            while len(parts) > 1:
-                parts = [
-                    self.client.submit(_sum_stats, *parts[i : i + 8], pure=False)
-                    for i in range(0, len(parts), 8)
-                ]
-            return self._wait(parts[0], workers)
+
+            def run():
+                parts = self._submit(task, args)
+                while len(parts) > 1:
+                    parts = [
+                        self.client.submit(_sum_stats, *parts[i : i + 8], pure=False)
+                        for i in range(0, len(parts), 8)
+                    ]
+                    self._inflight.extend(parts)
+                return self._wait(parts[0])
+
+            return self._on_cluster(run)
         dask, _ = _dask()
         parts = [dask.delayed(task)(b, w, *args(i)) for i, (b, w) in enumerate(zip(self.blocks, self.wblocks))]
         (total,) = dask.compute(_tree_sum(parts))
