@@ -87,6 +87,33 @@ def _worker(rank, world, store, out):
             GaussianMixture(4, n_threads=1).fit(torch.as_tensor(bad))
         except ValueError as exc:
             results["error"] = str(exc)
+        # a checkpoint at a path only rank 0 writes (as on nodes without a shared file
+        # system): interrupted on both ranks at iteration 5, then resumed together
+        ck = os.path.join(out, f"fit-rank{rank}.ckpt")
+        kwc = dict(n_components=4, random_state=0, tol=0.0, max_iter=12, n_threads=1)
+
+        class Stop(GaussianMixture):
+            def _on_iteration(self, n_iter, lower_bound, change):
+                if n_iter == 5:
+                    raise KeyboardInterrupt
+
+        Xl = torch.as_tensor(X[rows])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full = GaussianMixture(**kwc).fit(Xl)
+            try:
+                Stop(**kwc, checkpoint=ck, checkpoint_every=2).fit(Xl)
+            except KeyboardInterrupt:
+                pass
+            written = os.path.exists(ck)
+            resumed = GaussianMixture(**kwc, checkpoint=ck, checkpoint_every=2).fit(Xl)
+        results["checkpoint"] = dict(
+            written=written,
+            left=os.path.exists(ck),
+            same=all(np.array_equal(getattr(full, a).numpy(), getattr(resumed, a).numpy())
+                     for a in ("weights_", "means_", "covariances_")),
+            lower_bounds=(full.lower_bounds_, resumed.lower_bounds_),
+        )
         np.save(os.path.join(out, f"rank{rank}.npy"), results, allow_pickle=True)
     finally:
         dist.destroy_process_group()
@@ -141,3 +168,15 @@ def test_no_process_group_no_change():
     from gmmfast.torch.distributed import current_group as distributed_group
 
     assert distributed_group() is None
+
+
+def test_checkpoint_written_by_rank_0_resumes_every_rank(ranks):
+    """Only rank 0 writes the checkpoint (here at a path the other rank does not see);
+    after an interruption every rank resumes from rank 0's state, and the resumed fit is
+    the uninterrupted one on both ranks; the checkpoint is removed at the end."""
+    r0, r1 = ranks
+    assert r0["checkpoint"]["written"] and not r1["checkpoint"]["written"]
+    for r in (r0, r1):
+        assert r["checkpoint"]["same"] and not r["checkpoint"]["left"]
+        full, resumed = r["checkpoint"]["lower_bounds"]
+        assert full == resumed and len(full) == 12

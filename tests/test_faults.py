@@ -94,6 +94,27 @@ def test_interrupted_refit_leaves_the_previous_model():
         np.testing.assert_array_equal(gm.score_samples(X4), scores)
 
 
+@pytest.mark.parametrize("kind", ["chunks", "memmap-blocks", "tensor", "dask"])
+def test_interrupted_refit_on_other_data_sources_leaves_the_previous_model(tmp_path, kind):
+    """The same on every data source: the fitted attributes are set together at the
+    end, whatever the source."""
+    X4, X8 = blobs(d=4), blobs(d=8, seed=1)
+    if kind == "memmap-blocks":
+        np.save(tmp_path / "X.npy", np.asfortranarray(X8))
+        X8 = np.load(tmp_path / "X.npy", mmap_mode="r")
+    gm = Interrupt(3, random_state=0, tol=0.0, max_iter=20)
+    gm.stop_at = 10**9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X4)
+    before = snapshot(gm)
+    gm.stop_at = 3
+    with pytest.raises(KeyboardInterrupt):
+        fit_on(kind, gm, X8)
+    assert_same_model(before, snapshot(gm))
+    assert gm.predict(X4).shape == (X4.shape[0],)
+
+
 def test_failed_fit_of_a_new_estimator_stays_unfitted():
     gm = Interrupt(3, random_state=0)
     with pytest.raises(KeyboardInterrupt):

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from ._checkpoint import Checkpoint, FitState, RunRecord, fingerprint, rng_state, set_rng_state
+from ._checkpoint import Checkpoint, CheckpointError, FitState, RunRecord, fingerprint, rng_state, set_rng_state
 from ._compat import ConvergenceWarning
 from ._params import (
     covariances_from_precisions,
@@ -304,7 +304,18 @@ def fit(
     first_init, resumed, stamp = 0, None, None
     if checkpoint is not None:
         stamp = fingerprint(settings, source, not do_init, inits)
-        resumed = checkpoint.load(stamp)
+
+        def load():
+            try:
+                return checkpoint.load(stamp), None
+            except CheckpointError as exc:
+                return None, str(exc)
+
+        # the root process reads the checkpoint and every process resumes from its
+        # state: with torch.distributed the file need not be on a shared file system
+        resumed, error = source.root(load)
+        if error is not None:
+            raise CheckpointError(error)
         if resumed is not None:
             first_init, max_lower_bound = resumed.init, resumed.max_lower_bound
             if resumed.best is not None:

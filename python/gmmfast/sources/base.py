@@ -18,7 +18,8 @@ The EM driver (:mod:`gmmfast._driver`) never sees where the rows live. It asks a
   component (all the rows in memory; a sample of them for data in parts);
 - ``column_means()`` and ``is_root``: a fingerprint of the data for checkpoints, and
   whether this process writes them;
-- ``agree(params, state)``: the same parameters on every process (torch.distributed);
+- ``agree(params, state)``, ``root(fn)``: the same parameters, or the same value of
+  ``fn()`` computed by the root process, on every process (torch.distributed);
 - ``attributes(params)``: the fitted arrays, in the data's dtype and kind of array.
 
 :class:`DataSource` implements everything but the data-specific parts for data whose
@@ -99,6 +100,10 @@ class DataSource:
     def agree(self, params: MixtureParams, state) -> MixtureParams:
         return params
 
+    def root(self, fn):
+        """fn() computed once and shared by every process (the root rank computes it)."""
+        return fn()
+
     def attributes(self, params: MixtureParams) -> dict:
         dt = self.dtype
         return {
@@ -141,10 +146,6 @@ class PartitionedData(DataSource):
         # at every row cheaply
         X_pool, _, w_own, _ = self.pool
         return X_pool, w_own
-
-    def root(self, fn):
-        """fn() computed once and shared by every part (the root rank computes it)."""
-        return fn()
 
     def label_stats(self, centres, covariance_type, n_threads, labels=None) -> EMStats:
         """Statistics of hard labels over all the data, centred at ``centres``: every
