@@ -143,7 +143,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         the same fit (same parameters, same data) resumes from it and ends with the
         model the uninterrupted fit would have given; a checkpoint of another fit is an
         error. The file is removed when the fit ends. Used by ``fit``, ``fit_chunks``
-        and fits of Dask arrays and tensors (with torch.distributed, rank 0 writes it);
+        and fits of Dask arrays and tensors (with torch.distributed, rank 0 writes and reads it
+        and every rank resumes from its state);
         not by online EM. Give each fit its own path (a clone shares it).
     checkpoint_every : int >= 1, default=10
         Iterations between checkpoints.
