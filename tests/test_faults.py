@@ -505,3 +505,33 @@ def test_disk_full_during_save_keeps_the_previous_file(tmp_path):
         assert sorted(p.name for p in mnt.iterdir()) == ["filler", "model.npz"]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_warm_start_fit_resumes_from_its_checkpoint_and_refuses_another_start(tmp_path):
+    """warm_start=True: the checkpoint records the mixture the fit started from; a
+    resumed warm fit equals the uninterrupted one, and a warm fit from another mixture
+    refuses the checkpoint."""
+    X = blobs(seed=6, spread=2.5)
+    ckpt = tmp_path / "warm.ckpt"
+    kw = dict(n_components=4, random_state=0, tol=0.0, max_iter=15, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = GaussianMixture(**{**kw, "max_iter": 3}).fit(X)
+        want = GaussianMixture(**kw, warm_start=True)
+        want.__dict__.update({k: v for k, v in base.__dict__.items() if k.endswith("_")})
+        want.fit(X)
+        stop = Interrupt(**kw, warm_start=True, checkpoint=ckpt, checkpoint_every=4)
+        stop.stop_at = 6
+        stop.__dict__.update({k: v for k, v in base.__dict__.items() if k.endswith("_")})
+        with pytest.raises(KeyboardInterrupt):
+            stop.fit(X)
+        other = GaussianMixture(**kw, warm_start=True, checkpoint=ckpt, checkpoint_every=4)
+        other.__dict__.update({k: v for k, v in GaussianMixture(**{**kw, "max_iter": 2}).fit(X).__dict__.items()
+                               if k.endswith("_")})
+        with pytest.raises(CheckpointError, match="warm_start"):
+            other.fit(X)
+        resumed = Counting(**kw, warm_start=True, checkpoint=ckpt, checkpoint_every=4)
+        resumed.__dict__.update({k: v for k, v in base.__dict__.items() if k.endswith("_")})
+        resumed.fit(X)
+    assert resumed._seen == list(range(5, 16))
+    assert_same_model(snapshot(want), snapshot(resumed))

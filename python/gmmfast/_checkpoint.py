@@ -69,13 +69,17 @@ class FitState:
     fingerprint: dict = field(default_factory=dict)
 
 
-def fingerprint(settings, source, warm: bool, inits) -> dict:
-    """What must be equal for a checkpoint to belong to this fit."""
+def fingerprint(settings, source, warm_start, inits) -> dict:
+    """What must be equal for a checkpoint to belong to this fit (``warm_start``: the
+    driver's WarmStart or None)."""
     s = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NOT_FINGERPRINTED}
     means = np.asarray(source.column_means(), dtype=np.float64)
     return {
         "settings": s,
-        "warm_start": bool(warm),
+        "warm_start": None if warm_start is None else {
+            "lower_bound": float(warm_start.lower_bound).hex(),
+            "means": [float(v).hex() for v in np.ravel(warm_start.params.means)],
+        },
         "inits": [None if a is None else np.asarray(a, np.float64).tolist() for a in inits],
         "n_features": int(source.n_features),
         "n_rows": int(source.n_rows),

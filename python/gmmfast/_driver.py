@@ -303,7 +303,7 @@ def fit(
     max_lower_bound = -np.inf
     first_init, resumed, stamp = 0, None, None
     if checkpoint is not None:
-        stamp = fingerprint(settings, source, not do_init, inits)
+        stamp = fingerprint(settings, source, warm_start, inits)
 
         def load():
             try:
