@@ -114,6 +114,17 @@ def _worker(rank, world, store, out):
                      for a in ("weights_", "means_", "covariances_")),
             lower_bounds=(full.lower_bounds_, resumed.lower_bounds_),
         )
+        # the up-front memory check fails on rank 1 only (1 KiB 'available' there): every
+        # rank raises MemoryError before the initialisation, none waits for the other
+        from gmmfast import _core
+
+        before = _core.memory_limit(1024 if rank == 1 else None)
+        try:
+            GaussianMixture(50, n_threads=1).fit(torch.as_tensor(X[rows]))
+        except MemoryError as exc:
+            results["memory_error"] = str(exc)
+        finally:
+            _core.memory_limit(before)
         np.save(os.path.join(out, f"rank{rank}.npy"), results, allow_pickle=True)
     finally:
         dist.destroy_process_group()
@@ -160,6 +171,14 @@ def test_use_group_none_and_collective_errors(ranks):
         assert ranks[rank]["local"]["n_iter"] == ref.n_iter_
     assert "NaN" in ranks[1]["error"]
     assert "rank 1 of the process group failed" in ranks[0]["error"] and "NaN" in ranks[0]["error"]
+
+
+def test_memory_check_fails_on_every_rank(ranks):
+    """A rank whose memory check fails makes every rank raise MemoryError (the ranks
+    agree on the outcome of the check, which comes before any collective of the fit)."""
+    assert ranks[1]["memory_error"].startswith("gmmfast.GaussianMixture.fit would need about")
+    assert "1 KiB is available" in ranks[1]["memory_error"]
+    assert ranks[0]["memory_error"] == "rank 1: " + ranks[1]["memory_error"]
 
 
 def test_no_process_group_no_change():

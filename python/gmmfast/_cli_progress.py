@@ -69,11 +69,12 @@ class _Progress:
     def _initialising(self):
         self.printed = True
         which = f"init {self.init + 1}/{self.n_init}: " if self.n_init > 1 else ""
-        method = "k-means" if self.init_params == "kmeans" else self.init_params
+        method = self.what or ("k-means" if self.init_params == "kmeans" else self.init_params)
         self.stream.write(f"  {which}initialising ({method})...\n")
         self.stream.flush()
 
     init_params = "kmeans"
+    what = None  # what the initialisation runs (the driver's monitor says)
 
     def iteration(self, n_iter, change):
         if n_iter == 1:
@@ -112,6 +113,12 @@ def _progress_estimator(progress: Optional[_Progress], **params):
             super()._verbose_init_begin(n_init, *a, **k)
             if progress is not None:
                 progress.begin(n_init)
+
+        def _verbose_initialising(self, what):
+            if progress is not None:
+                progress.what = what
+            elif self.verbose >= 2:
+                print(f"  Initialising: {what}", flush=True)
 
         def _on_iteration(self, n_iter, lower_bound, change):
             if progress is not None:

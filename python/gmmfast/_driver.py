@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from . import ops
 from ._checkpoint import Checkpoint, CheckpointError, FitState, RunRecord, fingerprint, rng_state, set_rng_state
 from ._compat import ConvergenceWarning
 from ._params import (
@@ -52,6 +53,10 @@ class Monitor:
 
     def init_begin(self, init: int) -> None:
         """Initialisation ``init`` (0, 1, ...) starts."""
+
+    def initialising(self, what: str) -> None:
+        """The initialisation (``what``: e.g. "k-means of 2000 components on 100000
+        rows") starts; it may take long for many components."""
 
     def iteration(self, n_iter: int, lower_bound: float, change: float) -> None:
         """Iteration (or epoch) ``n_iter`` (1, 2, ...) ended with ``lower_bound``."""
@@ -288,6 +293,9 @@ def fit(
     Warns (ConvergenceWarning) when the kept run did not converge and (RuntimeWarning)
     when recovery acted in it.
 
+    First, before any heavy work, ``source.check_memory`` raises MemoryError (naming the
+    sizes and what to change) when the fit would need more memory than is available.
+
     With ``checkpoint``, the state is written every ``checkpoint.every`` iterations, a
     fit finding a checkpoint of itself resumes from it (the same result as without the
     interruption), and the checkpoint is removed when the fit ends.
@@ -295,6 +303,9 @@ def fit(
     monitor = monitor or Monitor()
     do_init = warm_start is None
     n_init = settings.n_init if do_init else 1
+    # before any heavy work: MemoryError naming the sizes when the parameters, their
+    # copies, the statistics or the initialisation cannot fit
+    source.check_memory(settings, initialise=do_init and _initialises(inits))
     start_reg = float(settings.reg_covar)
     if not do_init and settings.recovery == "reg_covar":
         # a warm start goes on with the regularisation the previous fit ended with
@@ -333,6 +344,7 @@ def fit(
             resume = (resumed.n_iter, resumed.lower_bounds, resumed.restarted)
             resumed = None
         elif do_init:
+            _report_initialising(monitor, settings, source, inits)
             params = source.to_device(initial_params(settings, source, random_state, inits, state))
         else:
             params = source.to_device(warm_start.params)
@@ -375,6 +387,17 @@ def fit(
     )
 
 
+def _initialises(inits) -> bool:
+    """Whether init_params runs (some of weights/means/precisions_init is not given)."""
+    return any(v is None for v in inits)
+
+
+def _report_initialising(monitor: Monitor, settings: EMSettings, source, inits) -> None:
+    if _initialises(inits):
+        method = {"kmeans": "k-means", "k-means++": "k-means++ seeding"}.get(settings.init_params, settings.init_params)
+        monitor.initialising(f"{method} of {settings.n_components} components on {source.memory_shape()[0]} rows")
+
+
 def _on_host(source, record: Optional[RunRecord]) -> Optional[RunRecord]:
     if record is None:
         return None
@@ -398,6 +421,9 @@ def warn_if_recovered(settings: EMSettings, reg_covar: float, n_reseeds: int) ->
 # ----------------------------------------------------------------------------- online EM
 
 
+_ONLINE = "GaussianMixture online EM (partial_fit, fit_minibatch)"
+
+
 class OnlineEM:
     """The running state of online EM: the current mixture (host, float64), the
     step-size schedule with its running statistics and chunk count, the recovery
@@ -414,6 +440,7 @@ class OnlineEM:
     @classmethod
     def from_data(cls, settings: EMSettings, batch, random_state, inits) -> "OnlineEM":
         """Online EM initialised from the first batch as fit would initialise."""
+        batch.check_memory(settings, _initialises(inits), op=_ONLINE)
         state = RunState(settings.reg_covar, batch.n_rows)
         params = initial_params(settings, batch, random_state, inits, state)
         return cls(settings, params, batch.dtype, state)
@@ -421,6 +448,9 @@ class OnlineEM:
     @classmethod
     def from_fitted(cls, settings: EMSettings, params, dtype, reg_covar, n_rows, t=0) -> "OnlineEM":
         """Online EM continuing from a fitted mixture, its step schedule at ``t``."""
+        K, D = params.means.shape
+        ops.check_fit_memory(max(1, int(n_rows)), D, K, settings.covariance_type, dtype=dtype,
+                             n_threads=settings.n_threads, initialise=False, n_copies=3, op=_ONLINE)
         return cls(settings, params, dtype, RunState(reg_covar, n_rows), t)
 
     @property

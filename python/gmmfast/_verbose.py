@@ -54,6 +54,15 @@ class EstimatorMonitor(Monitor):
     def init_begin(self, init):
         self.estimator._verbose_init_begin(init)
 
+    def initialising(self, what):
+        # verbose >= 2 says what runs before the first iteration (k-means of many
+        # components can take minutes); the command line's progress line overrides it
+        hook = getattr(self.estimator, "_verbose_initialising", None)
+        if hook is not None:
+            hook(what)
+        elif getattr(self.estimator, "verbose", 0) >= 2:
+            print(f"  Initialising: {what}", flush=True)
+
     def iteration(self, n_iter, lower_bound, change):
         self.estimator._on_iteration(n_iter, lower_bound, change)
 

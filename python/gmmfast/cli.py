@@ -537,7 +537,7 @@ def main(argv=None) -> int:
     except (CLIError, ModelFileError, FileNotFoundError) as exc:
         print(f"gmmfast: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, MemoryError) as exc:
         print(f"gmmfast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 

@@ -375,9 +375,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._chunked_source(Chunks(row_chunks(X, rows, sample_weight, dtype=dtype), "X"), None, settings)
 
     def _chunked_source(self, chunks, init_size, settings):
-        return ChunkedSource(
-            chunks, settings.n_components, init_size, check_random_state(self.random_state), settings.n_threads, chunks.name
-        )
+        rs = check_random_state(self.random_state)
+        return ChunkedSource(chunks, settings.n_components, init_size, rs, settings.n_threads, chunks.name, settings)
 
     def _tensor_source(self, X, sample_weight, settings):
         """The data source of a tensor fit: the tensor on its device, or this rank's part

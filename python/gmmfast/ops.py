@@ -29,6 +29,7 @@ Example
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -58,6 +59,7 @@ __all__ = [
     "kmeans_lloyd",
     "KMeansResult",
     "check_fit_memory",
+    "fit_memory_parts",
 ]
 
 
@@ -345,49 +347,89 @@ def check_fit_memory(
     dtype=np.float64,
     n_threads: Optional[int] = None,
     init_params: str = "kmeans",
+    init_rows: Optional[int] = None,
+    initialise: bool = True,
+    n_copies: int = 2,
+    held_rows: int = 0,
+    op: str = "GaussianMixture.fit",
 ) -> None:
     """Raises MemoryError, with the size and what to do, when fitting a mixture of this
     shape by EM would need more memory than is available (``/proc/meminfo``
-    MemAvailable and the cgroup limit on Linux); returns None otherwise.
+    MemAvailable and the cgroup limit on Linux, or ``GMMFAST_MEMORY_LIMIT``); returns
+    None otherwise.
 
-    Counts what a fit allocates besides the data: the per-thread statistics accumulators
-    of :func:`em_stats` (``n_threads·K·D²`` float64 for full covariances), the merged
-    statistics, the fitted parameters (covariances, precisions and their Cholesky
-    factors, kept for the best of ``n_init`` runs) and the k-means buffers. Cheap: call
-    it before starting a long fit, so that an impossible one fails at once instead of
-    after the initialisation. The native kernels check their own buffers too.
+    Counts what a fit allocates besides the data (:func:`fit_memory_parts`): the
+    per-thread statistics accumulators of :func:`em_stats` (``n_threads·K·D²`` float64
+    for full covariances, ``n_samples`` being the rows of one pass), the merged
+    statistics, the parameters (weights, means, covariances, precisions and their
+    Cholesky factors in float64, ``n_copies`` times: the EM driver keeps 3, the
+    current, the best run's and the initial or next one), the parameters in kernel
+    layout and the fitted attributes in ``dtype``, and, with ``initialise``, the state
+    of ``init_params`` on the ``init_rows`` rows it sees (default ``n_samples``):
+    k-means' centres, labels, distance bounds and per-thread sums, k-means++'s distances,
+    or blocks of random responsibilities; and ``held_rows`` rows held besides the data
+    (the initialisation sample of data in parts). Cheap: the EM driver calls it before
+    initialising every fit, so that an impossible one fails at once. The native kernels
+    check their own buffers too.
     """
+    parts, advice = fit_memory_parts(
+        n_samples, n_features, n_components, covariance_type, dtype=dtype, n_threads=n_threads,
+        init_params=init_params, init_rows=init_rows, initialise=initialise, n_copies=n_copies,
+        held_rows=held_rows,
+    )
+    _core.check_memory(op, parts, advice)
+
+
+def fit_memory_parts(
+    n_samples, n_features, n_components, covariance_type="full", *, dtype=np.float64, n_threads=None,
+    init_params="kmeans", init_rows=None, initialise=True, n_copies=2, held_rows=0,
+) -> tuple:
+    """``([(what, bytes), ...], advice)``: the estimate of :func:`check_fit_memory`
+    (also checked against GPU memory for a fit on a CUDA tensor)."""
     check_covariance_type(covariance_type)
-    for name, value in (("n_samples", n_samples), ("n_features", n_features), ("n_components", n_components)):
+    init_rows = n_samples if init_rows is None else init_rows
+    for name, value in (("n_samples", n_samples), ("n_features", n_features), ("n_components", n_components),
+                        ("init_rows", init_rows), ("n_copies", n_copies)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if init_params not in _INIT_PARAMS:
         raise ValueError(f"init_params must be one of {_INIT_PARAMS}, got {init_params!r}")
     n_threads = n_threads_arg(n_threads)
-    N, D, K = int(n_samples), int(n_features), int(n_components)
+    N, D, K, R = int(n_samples), int(n_features), int(n_components), int(init_rows)
     item = np.dtype(_float_dtype(dtype)).itemsize
-    threads = _core.build_info()["max_threads"] if not n_threads else n_threads
-    threads = max(1, min(threads, -(-N // 8)))
+    max_threads = _core.build_info()["max_threads"] if not n_threads else n_threads
+    threads = max(1, min(max_threads, -(-N // 8)))
     P = float(np.prod(param_shape(covariance_type, K, D), dtype=np.float64))
     acc = {"full": K * float(D + 16) ** 2, "tied": float(D + 8) ** 2 + float(K) ** 2}.get(
         covariance_type, float(K) * D
     ) * 8.0 + (float(K) * D + K) * 8.0
+    copies = int(n_copies)
     parts = [
         (f"statistics accumulators ({threads} threads + merged)", (threads + 1) * acc),
-        ("parameters: covariances, precisions and their Cholesky factors, x2 for the best run",
-         6.0 * P * 8.0 + 2.0 * (K + float(K) * D) * 8.0),
-        ("E-step parameters in kernel layout", P * item),
+        (f"parameters: weights, means, covariances, precisions and their Cholesky factors "
+         f"(float64, x{copies}: current, best run, initial)",
+         copies * (3.0 * P + 2.0 * K + float(K) * D) * 8.0),
+        ("E-step parameters in kernel layout and fitted attributes", 4.0 * P * item),
     ]
-    if init_params == "kmeans":
-        parts.append(("k-means labels and distance bounds", float(N) * (4 * 8 + item)))
-    elif init_params == "random":
-        parts.append(("random responsibilities (blocks of rows)", min(float(N) * K, 4.0 * (1 << 20)) * 2 * item))
-    _core.check_memory(
-        "GaussianMixture.fit",
-        parts,
-        "Use fewer components or features, a cheaper covariance_type ('diag' or 'spherical' "
-        "instead of 'full'), or fewer threads (n_threads).",
+    if initialise and init_params == "kmeans":
+        kt = max(1, min(max_threads, -(-R // 8)))
+        parts.append((f"k-means on {R} rows: labels, distance bounds, centres, per-thread sums",
+                      float(R) * (4 * 8 + item) + float(K) * D * (16 + 3 * item) + kt * float(K) * (D + 1) * 8.0))
+    elif initialise and init_params == "k-means++":
+        trials = 2 + int(math.log(K))
+        parts.append((f"k-means++ on {R} rows: distances, candidate distances, centres",
+                      float(R) * 8.0 + min(float(R) * trials * item, 512.0 * (1 << 20)) + float(K) * (D * item + 8)))
+    elif initialise and init_params == "random":
+        parts.append(("random responsibilities (blocks of rows)", min(float(R) * K, 4.0 * (1 << 20)) * 2 * item))
+    if held_rows:
+        parts.append((f"initialisation sample ({int(held_rows)} rows)", float(held_rows) * (D * item + 16)))
+    what = "a fit of " + f"{K} components x {D} features, covariance_type={covariance_type!r}"
+    advice = (
+        f"({what}.) Use fewer components (n_components) or features, a cheaper covariance_type "
+        "('diag' or 'spherical' instead of 'full'), or fewer threads (n_threads); "
+        "GMMFAST_MEMORY_LIMIT=<bytes> sets the memory the check assumes (0: no check)."
     )
+    return parts, advice
 
 
 def _check_resp_memory(n_samples: int, n_components: int, dtype, op: str) -> None:

@@ -43,6 +43,9 @@ class ArraySource(DataSource):
     def recovery_rows(self) -> tuple:
         return self.X, self.sw
 
+    def memory_shape(self) -> tuple:
+        return self.X.shape[0], self.X.shape[0]
+
     def column_means(self) -> np.ndarray:
         return np.mean(self.X, axis=0, dtype=np.float64)
 

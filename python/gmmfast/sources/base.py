@@ -20,6 +20,13 @@ The EM driver (:mod:`gmmfast._driver`) never sees where the rows live. It asks a
   whether this process writes them;
 - ``agree(params, state)``, ``root(fn)``: the same parameters, or the same value of
   ``fn()`` computed by the root process, on every process (torch.distributed);
+- ``memory_shape()``: ``(init_rows, pass_rows)``, the rows the initialisation works on
+  (all the rows in memory, the pool of data in parts, the batch of online EM) and the
+  most rows one native call of a pass sees (all of them, a chunk, a block); with it
+  ``check_memory(settings, initialise, n_copies, op)`` estimates everything the fit will
+  hold (:func:`gmmfast.ops.fit_memory_parts`) and raises MemoryError before the
+  initialisation (the driver calls it first; a tensor source on a GPU also checks the
+  device's memory);
 - ``attributes(params)``: the fitted arrays, in the data's dtype and kind of array.
 
 :class:`DataSource` implements everything but the data-specific parts for data whose
@@ -62,6 +69,8 @@ class DataSource:
     defaults are those of data on the host, whose statistics are EMStats."""
 
     device = "cpu"
+    #: whether the initialisation rows are a sample held besides the data (the pool)
+    holds_pool = False
     #: whether this process writes checkpoints (one process of a distributed fit does)
     is_root = True
     n_features: int
@@ -80,6 +89,25 @@ class DataSource:
     def column_means(self) -> np.ndarray:
         """float64 column means of the data (a checkpoint's fingerprint of it)."""
         raise NotImplementedError
+
+    def memory_shape(self) -> tuple:
+        """(rows the initialisation works on, most rows one call of a pass sees); by
+        default all the rows for both."""
+        return self.n_rows, self.n_rows
+
+    def check_memory(self, settings, initialise=True, n_copies=3, op="GaussianMixture.fit", shape=None):
+        """Raises MemoryError (the sizes and what to change) when the fit of ``settings``
+        over this data would need more memory than is available: the parameters and
+        their ``n_copies`` copies, the statistics accumulators and, with ``initialise``,
+        the state of ``settings.init_params`` on the rows it sees. ``shape``: the
+        ``memory_shape()`` to assume (a source checking early, before it knows it)."""
+        init_rows, pass_rows = self.memory_shape() if shape is None else shape
+        ops.check_fit_memory(
+            max(1, int(pass_rows)), self.n_features, settings.n_components, settings.covariance_type,
+            dtype=self.dtype, n_threads=settings.n_threads, init_params=settings.init_params,
+            init_rows=max(1, int(init_rows)), initialise=initialise, n_copies=n_copies, op=op,
+            held_rows=int(init_rows) if self.holds_pool else 0,
+        )
 
     def finalize(self, stats: EMStats, reg_covar: float, settings) -> Finalized:
         try:
@@ -129,7 +157,8 @@ class PartitionedData(DataSource):
     stream, Dask blocks, torch.distributed ranks); subclasses provide the parts.
 
     Attributes: n_samples, n_features, dtype, weighted, weight_sum, n_rows (rows of
-    non-zero weight), mean (float64 column means), and ``pool``: rows for k-means, as
+    non-zero weight), mean (float64 column means), max_part_rows (the most rows of one
+    part), and ``pool``: rows for k-means, as
     ``(X, select_weight, own_weight, complete)`` — a uniform sample (or weighted
     candidates) of the data, which is all of the data, in order, when ``complete``.
     Recovery restarts components at rows of the pool.
@@ -146,6 +175,11 @@ class PartitionedData(DataSource):
         # at every row cheaply
         X_pool, _, w_own, _ = self.pool
         return X_pool, w_own
+
+    holds_pool = True
+
+    def memory_shape(self) -> tuple:
+        return self.pool[0].shape[0], self.max_part_rows
 
     def label_stats(self, centres, covariance_type, n_threads, labels=None) -> EMStats:
         """Statistics of hard labels over all the data, centred at ``centres``: every

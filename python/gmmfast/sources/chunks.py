@@ -234,7 +234,10 @@ class ChunkedSource(PartitionedData):
     weights, and draws the reservoir sample (the pool); each later pass streams the
     chunks again, one in memory at a time."""
 
-    def __init__(self, chunks: Chunks, n_components, init_size, random_state, n_threads, name="chunks"):
+    def __init__(self, chunks: Chunks, n_components, init_size, random_state, n_threads, name="chunks", settings=None):
+        """``settings`` (when given): the memory of the fit (but the initialisation's,
+        which the driver checks) is checked as soon as the first chunk tells the dtype
+        and the features, before the pass draws the pool."""
         self._chunks = chunks
         self.name = name
         self.n_threads = n_threads
@@ -247,6 +250,7 @@ class ChunkedSource(PartitionedData):
         col_sum = None
         reservoir = None
         weighted = None
+        max_part = 1
         for i, item in enumerate(chunks):
             X, w = _split_item(item, i, name)
             if i == 0:
@@ -263,6 +267,10 @@ class ChunkedSource(PartitionedData):
                 )
                 if size < n_components:
                     raise ValueError(f"init_size={size} must be at least n_components={n_components}")
+                if settings is not None:
+                    # the pool will hold at most `size` rows; the chunks seen so far are
+                    # the first idea of the rows of a pass (the driver checks again)
+                    self.check_memory(settings, initialise=False, shape=(size, max(1, X.shape[0])))
                 reservoir = _Reservoir(size, self.n_features, self.dtype, weighted, random_state)
             self._check_chunk(X, i)
             if (w is not None) != weighted:
@@ -285,6 +293,7 @@ class ChunkedSource(PartitionedData):
                 n_rows += int(np.count_nonzero(w))
                 weight_sum += float(np.sum(w, dtype=np.float64))
             reservoir.add(X, w, n)
+            max_part = max(max_part, X.shape[0])
             n += X.shape[0]
         if self.dtype is None or n == 0:
             raise ValueError(f"{name} gave no data (no chunk, or only empty chunks)")
@@ -301,6 +310,7 @@ class ChunkedSource(PartitionedData):
         self.mean = col_sum / n
         X_pool, w_pool, complete = reservoir.result()
         self.pool = (X_pool, w_pool, w_pool, complete)
+        self.max_part_rows = max_part
 
     def _check_chunk(self, X, i):
         if X.shape[1] != self.n_features:

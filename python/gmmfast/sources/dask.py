@@ -210,6 +210,9 @@ class DaskSource(PartitionedData):
         if N < K:
             raise ValueError(f"Expected n_samples >= n_components but got n_components = {K}, n_samples = {N}")
         m = candidates_per_block(K) if n_candidates is None else int(n_candidates)
+        self.max_part_rows = int(max(sizes))
+        # before the pass that draws the pool (every block's candidates, gathered here)
+        self.check_memory(settings, initialise, shape=(int(sum(min(int(s), m) for s in sizes)), self.max_part_rows))
         summarise = initialise
         seed = None
         if summarise and any(s > m for s in sizes):

@@ -78,6 +78,29 @@ class DistributedTensorSource(PartitionedData, TensorSource):
             raise ValueError("sample_weight must not sum to zero (over all ranks)")
         self._pool = None
 
+    def memory_shape(self) -> tuple:
+        # the pool's size without gathering it
+        from ..torch import distributed
+
+        size = distributed.init_size
+        if size is None:
+            size = default_init_size(self.settings.n_components, self.n_features, self.dtype.itemsize)
+        return min(self.n_samples, max(int(size), self.settings.n_components)), self.host.X.shape[0]
+
+    def check_memory(self, settings, initialise=True, n_copies=3, op="GaussianMixture.fit", shape=None):
+        """Every rank checks its own memory and every rank raises when one rank's check
+        fails (a rank raising alone would leave the others waiting in a collective)."""
+        try:
+            TensorSource.check_memory(self, settings, initialise, n_copies, op, shape)
+            mine = None
+        except MemoryError as e:
+            mine = str(e)
+        outcomes = [None] * self.world
+        dist.all_gather_object(outcomes, mine, group=self.group)
+        for r, msg in enumerate(outcomes):
+            if msg is not None:
+                raise MemoryError(msg if r == self.rank else f"rank {r}: {msg}")
+
     # -------------------------------------------------------------- collectives
 
     def root(self, fn):

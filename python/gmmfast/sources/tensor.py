@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import ops
 from ..torch import _ops  # noqa: F401  (registers the gmmfast:: ops)
 from .._types import EMStats, MixtureParams
 from .array import ArraySource
@@ -54,6 +55,36 @@ class TensorSource(DataSource):
 
     def recovery_rows(self) -> tuple:
         return self.host.recovery_rows()
+
+    def memory_shape(self) -> tuple:
+        return self.host.memory_shape()
+
+    def check_memory(self, settings, initialise=True, n_copies=3, op="GaussianMixture.fit", shape=None):
+        """The host check (the initialisation runs on a host copy of X), and for a CUDA
+        tensor the parameters and statistics that live on the device against its free
+        memory (torch.cuda.mem_get_info)."""
+        super().check_memory(settings, initialise, n_copies, op, shape)
+        if self.device.type != "cuda":
+            return
+        init_rows, pass_rows = self.memory_shape() if shape is None else shape
+        parts, advice = ops.fit_memory_parts(
+            max(1, int(pass_rows)), self.n_features, settings.n_components, settings.covariance_type,
+            dtype=self.dtype, n_threads=1, init_params=settings.init_params, initialise=False, n_copies=n_copies,
+        )
+        # on the device: the parameters, the merged statistics (one set per pass) and
+        # the parameters in the data's dtype; the initialisation runs on the host
+        parts = [(what.replace("1 threads + merged", "on the device"), b / 2 if what.startswith("statistics") else b)
+                 for what, b in parts]
+        need = sum(b for _, b in parts)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if need > free:
+            detail = "; ".join(f"{w}: {b / 2**30:.3g} GiB" for w, b in sorted(parts, key=lambda p: -p[1])[:3])
+            raise MemoryError(
+                f"gmmfast.{op} on {self.device} would need about {need / 2**30:.3g} GiB of GPU memory "
+                f"({detail}), but only {free / 2**30:.3g} GiB is free. {advice.split(' Use ')[0]} Use fewer "
+                "components (n_components) or features, a cheaper covariance_type ('diag' or 'spherical' "
+                "instead of 'full'), or fit on the CPU."
+            )
 
     def column_means(self) -> np.ndarray:
         return self.host.column_means()
