@@ -306,13 +306,14 @@ def test_cli_in_a_process_honours_gmmfast_memory_limit(tmp_path):
 # -------------------------------------------------------------- progress of large fits
 
 
-def test_verbose_2_reports_the_initialisation(capsys):
+def test_verbose_3_reports_the_initialisation(capsys):
     X = np.random.default_rng(0).random((300, 3))
-    GaussianMixture(7, verbose=2, max_iter=2, random_state=0).fit(X)
+    GaussianMixture(7, verbose=3, max_iter=2, random_state=0).fit(X)
     out = capsys.readouterr().out
     assert "Initialising: k-means of 7 components on 300 rows" in out, out
-    GaussianMixture(7, verbose=1, max_iter=2, random_state=0).fit(X)
-    assert "Initialising" not in capsys.readouterr().out  # scikit-learn's verbose=1 output
+    for verbose in (1, 2):  # scikit-learn's levels: its output word for word, nothing more
+        GaussianMixture(7, verbose=verbose, max_iter=2, random_state=0).fit(X)
+        assert "Initialising" not in capsys.readouterr().out
 
 
 def test_cli_progress_line_names_the_initialisation():
@@ -332,7 +333,7 @@ def test_cli_progress_line_names_the_initialisation():
 
 LARGE_K_CASES = {
     # k-means of 2000 components on 100 000 rows: the seeding alone takes many seconds
-    "kmeans": 'GaussianMixture(2000, covariance_type="full", verbose=2, random_state=0).fit(X)',
+    "kmeans": 'GaussianMixture(2000, covariance_type="full", verbose=3, random_state=0).fit(X)',
     # EM iterations of 2000 full components (a fast initialisation): seconds each
     "em": 'GaussianMixture(2000, covariance_type="full", verbose=2, verbose_interval=1, tol=0, '
           'max_iter=10**6, init_params="random_from_data", random_state=0).fit(X[:20_000])',
@@ -341,8 +342,8 @@ LARGE_K_CASES = {
 
 @pytest.mark.parametrize("case", list(LARGE_K_CASES))
 def test_large_k_fit_reports_progress_and_stops_on_sigint(case):
-    """A legitimate long fit with K=2000 prints what it does (verbose=2: the
-    initialisation, then iterations) and stops within ~1 s of a real SIGINT, whether it
+    """A legitimate long fit with K=2000 prints what it does (verbose=2 or 3: the
+    initialisation at verbose=3, then iterations) and stops within ~1 s of a real SIGINT, whether it
     is in k-means or in the EM loop."""
     wait_for = "  Initialising: k-means of 2000 components on 100000 rows" if case == "kmeans" else "  Iteration 1"
     script = textwrap.dedent(f"""

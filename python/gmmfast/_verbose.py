@@ -55,12 +55,13 @@ class EstimatorMonitor(Monitor):
         self.estimator._verbose_init_begin(init)
 
     def initialising(self, what):
-        # verbose >= 2 says what runs before the first iteration (k-means of many
-        # components can take minutes); the command line's progress line overrides it
+        # verbose >= 3 says what runs before the first iteration (k-means of many
+        # components can take minutes); levels 1 and 2 print scikit-learn's output word
+        # for word, and nothing more. The command line's progress line overrides it.
         hook = getattr(self.estimator, "_verbose_initialising", None)
         if hook is not None:
             hook(what)
-        elif getattr(self.estimator, "verbose", 0) >= 2:
+        elif getattr(self.estimator, "verbose", 0) >= 3:
             print(f"  Initialising: {what}", flush=True)
 
     def iteration(self, n_iter, lower_bound, change):

@@ -110,6 +110,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
     warm_start : bool, default=False
     verbose : int, default=0
+        scikit-learn's levels 1 and 2, word for word; 3 also says what runs before the
+        first iteration (k-means of many components can take minutes).
     verbose_interval : int, default=10
     recovery : {None, 'reg_covar', 'reseed'}, default=None
         What to do when a covariance is ill-defined (not positive definite) or a
