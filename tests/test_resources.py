@@ -29,6 +29,9 @@ import gmmfast
 from gmmfast import GaussianMixture, _core, ops
 from gmmfast.cli import main
 
+# the small fits here stop after a few iterations on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::gmmfast.ConvergenceWarning")
+
 LIMIT = 64 << 20  # the "available" memory of most tests: 64 MiB
 
 
