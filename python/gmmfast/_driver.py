@@ -103,6 +103,10 @@ class ExactEM:
         pass
 
 
+#: exact EM keeps no state: one instance serves every fit
+EXACT_EM = ExactEM()
+
+
 class StepwiseEM:
     """Online (stepwise) EM (Cappé & Moulines 2009; Liang & Klein 2009): the M-step sees
     running per-sample statistics s ← (1 − η_t) s + η_t ŝ(batch), with
@@ -161,7 +165,7 @@ def em_step(settings: EMSettings, batch, params, state: RunState, schedule=None)
     batch's device). Returns ``(params, log_likelihood, weight_sum, restarted)``: the new
     mixture, the batch's contribution to the lower bound, and whether recovery restarted
     components."""
-    schedule = schedule or ExactEM()
+    schedule = schedule or EXACT_EM
     stats = schedule.statistics(batch.em_stats(params, settings), batch)
     state.n_rows = batch.n_rows
     outcome = batch.finalize(stats, state.reg_covar, settings)
@@ -215,7 +219,7 @@ def iterate(
     lower_bound, lower_bounds, restarted)`` is called after every iteration that does
     not end the run.
     """
-    schedule = schedule or ExactEM()
+    schedule = schedule or EXACT_EM
     monitor = monitor or Monitor()
     max_iter = settings.max_iter if max_iter is None else max_iter
     done, lower_bounds, restarted = resume or (0, [], False)

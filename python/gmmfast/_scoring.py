@@ -13,7 +13,7 @@ import numpy as np
 
 from . import ops
 from ._params import log_weights
-from ._validation import as_tensor, is_dask_array, is_tensor, to_numpy, torch_dtype
+from ._validation import as_tensor, check_n_features, is_dask_array, is_tensor, to_numpy, torch_dtype
 
 
 class Mixture:
@@ -105,13 +105,6 @@ def labels(mix: Mixture, X):
     return out
 
 
-def _check_n_features(n_features, expected):
-    if n_features != expected:
-        raise ValueError(
-            f"X has {n_features} features, but GaussianMixture is expecting {expected} features as input."
-        )
-
-
 def check_input(X, n_features):
     """A Dask array or a torch tensor to score, checked (shape, dtype; finite values on
     the tensor's device) and converted; None for anything else (NumPy input goes
@@ -119,7 +112,7 @@ def check_input(X, n_features):
     if is_dask_array(X):
         if X.ndim != 2:
             raise ValueError(f"Expected 2D array, got {X.ndim}D dask array instead.")
-        _check_n_features(X.shape[1], n_features)
+        check_n_features(X.shape[1], n_features)
         if not (X.dtype == np.float32 or X.dtype == np.float64):
             X = X.astype(np.float64)
         return X.rechunk({1: -1}) if X.numblocks[1] > 1 else X
@@ -136,7 +129,7 @@ def check_input(X, n_features):
         raise ValueError(f"Expected 2D tensor of shape (n_samples, n_features), got {X.dim()}D")
     if X.shape[0] < 1:
         raise ValueError(f"Found tensor with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required.")
-    _check_n_features(X.shape[1], n_features)
+    check_n_features(X.shape[1], n_features)
     if not bool(torch.isfinite(X).all()):
         raise ValueError("Input X contains NaN or infinity.")
     return X

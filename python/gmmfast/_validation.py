@@ -249,6 +249,14 @@ def as_2d_float(X, context: str = " by GaussianMixture") -> np.ndarray:
     return canonical_float(arr)
 
 
+def check_n_features(n_features, expected) -> None:
+    """scikit-learn's error for X with another number of features than in fit."""
+    if n_features != expected:
+        raise ValueError(
+            f"X has {n_features} features, but GaussianMixture is expecting {expected} features as input."
+        )
+
+
 def check_finite(X: np.ndarray, name: str = "X"):
     row = _core.first_nonfinite_row(X) if X.size else -1
     if row >= 0:

@@ -45,6 +45,7 @@ from ._validation import (
     as_tensor,
     check_finite,
     check_means_init,
+    check_n_features,
     check_precisions_init,
     check_random_state,
     check_sample_weight,
@@ -245,11 +246,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         elif fitted is not None and (len(fitted) != len(names) or np.any(fitted != names)):
             raise ValueError(feature_names_mismatch(fitted, names))
         arr = self._checked_array(X, 1)
-        if arr.shape[1] != n_features:
-            raise ValueError(
-                f"X has {arr.shape[1]} features, but GaussianMixture is expecting "
-                f"{n_features} features as input."
-            )
+        check_n_features(arr.shape[1], n_features)
         return arr
 
     def _checked_array(self, X, min_samples):
@@ -854,16 +851,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._verbose_iter_end(n_iter, change)
 
     # scikit-learn's verbose output, word for word (_verbose.py)
+    def _verbose_state(self) -> VerboseOutput:
+        if "_verbose_output" not in self.__dict__:
+            self._verbose_output = VerboseOutput()
+        return self._verbose_output
+
     def _verbose_init_begin(self, n_init):
-        self.__dict__.setdefault("_verbose_output", VerboseOutput()).init_begin(self.verbose, n_init)
+        self._verbose_state().init_begin(self.verbose, n_init)
 
     def _verbose_iter_end(self, n_iter, diff_ll):
-        self.__dict__.setdefault("_verbose_output", VerboseOutput()).iter_end(
-            self.verbose, self.verbose_interval, n_iter, diff_ll
-        )
+        self._verbose_state().iter_end(self.verbose, self.verbose_interval, n_iter, diff_ll)
 
     def _verbose_init_end(self, lb, converged):
-        self.__dict__.setdefault("_verbose_output", VerboseOutput()).init_end(self.verbose, lb, converged)
+        self._verbose_state().init_end(self.verbose, lb, converged)
 
 
 def load(path) -> GaussianMixture:
