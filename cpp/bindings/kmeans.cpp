@@ -11,6 +11,19 @@ namespace {
 
 using namespace pybind11::literals;
 
+/// sample_weight (size N) as k-means takes it: checked by optional_weights, and not all
+/// zero (no centre could be drawn). Empty when sw is None.
+template <class T>
+CArray<T> kmeans_weights(const py::object& sw, int64_t N) {
+    CArray<T> w;
+    if (sw.is_none()) return w;
+    w = optional_weights<T>(sw, N, false);
+    double total = 0.0;
+    for (int64_t i = 0; i < N; ++i) total += double(w.data()[i]);
+    if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
+    return w;
+}
+
 py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::object& sw,
                              int64_t first, const py::handle& uniforms_o, int n_local_trials,
                              int n_threads) {
@@ -33,13 +46,7 @@ py::tuple py_kmeans_plusplus(const py::array& Xa, int64_t n_clusters, const py::
         for (int64_t j = 0; j < n_draws; ++j)
             if (!(uniforms.data()[j] >= 0.0 && uniforms.data()[j] <= 1.0))
                 throw py::value_error("uniforms must lie in [0, 1]");
-        CArray<T> w;
-        if (!sw.is_none()) {
-            w = optional_weights<T>(sw, N, false);
-            double total = 0.0;
-            for (int64_t i = 0; i < N; ++i) total += double(w.data()[i]);
-            if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
-        }
+        CArray<T> w = kmeans_weights<T>(sw, N);
         check_finite_X(X, n_threads);
         {  // resource limits (issue 8)
             MemoryEstimate m("kmeans_plusplus");
@@ -85,13 +92,7 @@ py::tuple py_kmeans_lloyd(const py::array& Xa, const py::handle& centres_o, cons
         if (!(tol >= 0.0)) throw py::value_error("tol must be >= 0");
         for (int64_t j = 0; j < K * D; ++j)
             if (!std::isfinite(c_in.data()[j])) throw py::value_error("centres must be finite");
-        CArray<T> w;
-        if (!sw.is_none()) {
-            w = optional_weights<T>(sw, N, false);
-            double total = 0.0;
-            for (int64_t i = 0; i < N; ++i) total += double(w.data()[i]);
-            if (!(total > 0.0)) throw py::value_error("sample_weight must not sum to zero");
-        }
+        CArray<T> w = kmeans_weights<T>(sw, N);
         check_finite_X(X, n_threads);
         {  // resource limits (issue 8)
             MemoryEstimate m("kmeans_lloyd");
