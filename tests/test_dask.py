@@ -63,15 +63,24 @@ def test_without_a_cluster_and_lazy_import():
     assert out.stdout.strip() == "False"
 
 
+def two_worker_client():
+    """A client of a new 2-process LocalCluster (one thread each); closes both."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Port .* is already in use")  # another cluster has it
+        cluster = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        )
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
-    )
-    c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+    yield from two_worker_client()
 
 
 @pytest.mark.parametrize(
@@ -183,15 +192,7 @@ class KillAtIteration(GaussianMixture):
 @pytest.fixture
 def fault_client(monkeypatch):
     monkeypatch.setattr(gmmfast.dask, "recompute_timeout", 30.0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Port .* is already in use")  # the module's cluster has it
-        cluster = distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
-        )
-    c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+    yield from two_worker_client()
 
 
 def graph_blobs(n=200_000, chunk=10_000):

@@ -74,19 +74,25 @@ class Interrupt(GaussianMixture):
 # ============================================================================ transactional
 
 
+def fitted_then_armed(X, stop_at=3, **kw) -> Interrupt:
+    """An estimator fitted on X (uninterrupted) whose next fit stops at ``stop_at``."""
+    gm = Interrupt(3, random_state=0, tol=0.0, **kw)
+    gm.stop_at = 10**9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+    gm.stop_at = stop_at
+    return gm
+
+
 def test_interrupted_refit_leaves_the_previous_model():
     """Fitted on 4 features, refitted on 32 and interrupted: every fitted attribute is
     the old one, and the old model still scores 4-feature data (the issue's report:
     n_features_in_ was 32 while means_ was (3, 4))."""
     X4, X32 = blobs(d=4), blobs(d=32, seed=1)
-    gm = Interrupt(3, random_state=0, tol=0.0, max_iter=50)
-    gm.stop_at = 10**9
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm.fit(X4)
+    gm = fitted_then_armed(X4, max_iter=50)
     before = snapshot(gm)
     scores = gm.score_samples(X4)
-    gm.stop_at = 3
     for refit in (lambda: gm.fit(X32), lambda: gm.fit_predict(X32), lambda: gm.fit_chunks([X32[:1500], X32[1500:]])):
         with pytest.raises(KeyboardInterrupt):
             refit()
@@ -102,13 +108,8 @@ def test_interrupted_refit_on_other_data_sources_leaves_the_previous_model(tmp_p
     if kind == "memmap-blocks":
         np.save(tmp_path / "X.npy", np.asfortranarray(X8))
         X8 = np.load(tmp_path / "X.npy", mmap_mode="r")
-    gm = Interrupt(3, random_state=0, tol=0.0, max_iter=20)
-    gm.stop_at = 10**9
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm.fit(X4)
+    gm = fitted_then_armed(X4, max_iter=20)
     before = snapshot(gm)
-    gm.stop_at = 3
     with pytest.raises(KeyboardInterrupt):
         fit_on(kind, gm, X8)
     assert_same_model(before, snapshot(gm))
