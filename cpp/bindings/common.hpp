@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "gmmfast/log_prob.hpp"
 #include "gmmfast/mixture.hpp"
 #include "gmmfast/validate.hpp"
 
@@ -112,6 +113,39 @@ auto dispatch_dtype(const py::array& X, F&& f) {
     if (dt.kind() == 'f' && dt.itemsize() == 8) return f(double{});
     throw py::value_error("X must be a float32 or float64 array, got dtype " + std::string(py::str(dt)));
 }
+
+// ------------------------------------------------------------------ mixtures
+
+/// A mixture parsed from Python arrays (checked with check_mixture when check_values);
+/// keeps the converted arrays alive. Used by the E-step and missing-value families.
+template <class T>
+struct PyMixture {
+    CArray<T> log_weights, means, prec_chol;
+    Mixture<T> view;
+
+    PyMixture(const py::handle& lw, const py::handle& mu, const py::handle& pc, Covariance cov,
+              int64_t D, bool check_values) {
+        log_weights = as_array<T>(lw, "log_weights");
+        means = as_array<T>(mu, "means");
+        prec_chol = as_array<T>(pc, "precisions_cholesky");
+        if (log_weights.ndim() != 1 || log_weights.shape(0) < 1)
+            throw py::value_error("log_weights must be a non-empty 1-D array of shape (n_components,), got shape " +
+                                  shape_str(shape_of(log_weights)));
+        const int64_t K = log_weights.shape(0);
+        expect_shape(means, {K, D}, "means", "(n_components, n_features)");
+        expect_shape(prec_chol, param_shape(cov, K, D), "precisions_cholesky", param_meaning(cov));
+        view.K = K;
+        view.D = D;
+        view.cov = cov;
+        view.log_weights = log_weights.data();
+        view.means = means.data();
+        view.prec_chol = prec_chol.data();
+        if (check_values) {
+            const std::string err = check_mixture(view);  // O(K·D²): cheap, keep the GIL
+            if (!err.empty()) throw py::value_error(err);
+        }
+    }
+};
 
 // ------------------------------------------------------------------ Ctrl-C and threads
 
@@ -236,5 +270,6 @@ void register_kmeans(py::module_& m);      // kmeans.cpp: kmeans_plusplus, kmean
 void register_runtime(py::module_& m);     // runtime.cpp: first_nonfinite_row, build_info, ISA selection,
                                            //   memory checks, fork state
 void register_per_sample(py::module_& m);  // per_sample.cpp: per-sample mixtures (mixture density networks)
+void register_missing(py::module_& m);     // missing.cpp: rows with NaN entries (missing at random)
 
 }  // namespace gmmfast::bind

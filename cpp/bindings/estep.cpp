@@ -17,36 +17,6 @@ namespace {
 
 using namespace pybind11::literals;
 
-/// A mixture parsed from Python arrays; keeps the converted arrays alive.
-template <class T>
-struct PyMixture {
-    CArray<T> log_weights, means, prec_chol;
-    Mixture<T> view;
-
-    PyMixture(const py::handle& lw, const py::handle& mu, const py::handle& pc, Covariance cov,
-              int64_t D, bool check_values) {
-        log_weights = as_array<T>(lw, "log_weights");
-        means = as_array<T>(mu, "means");
-        prec_chol = as_array<T>(pc, "precisions_cholesky");
-        if (log_weights.ndim() != 1 || log_weights.shape(0) < 1)
-            throw py::value_error("log_weights must be a non-empty 1-D array of shape (n_components,), got shape " +
-                                  shape_str(shape_of(log_weights)));
-        const int64_t K = log_weights.shape(0);
-        expect_shape(means, {K, D}, "means", "(n_components, n_features)");
-        expect_shape(prec_chol, param_shape(cov, K, D), "precisions_cholesky", param_meaning(cov));
-        view.K = K;
-        view.D = D;
-        view.cov = cov;
-        view.log_weights = log_weights.data();
-        view.means = means.data();
-        view.prec_chol = prec_chol.data();
-        if (check_values) {
-            const std::string err = check_mixture(view);  // O(K·D²): cheap, keep the GIL
-            if (!err.empty()) throw py::value_error(err);
-        }
-    }
-};
-
 // ------------------------------------------------------------------------------- log_prob
 
 template <class T>
