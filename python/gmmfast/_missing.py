@@ -29,10 +29,6 @@ from ._validation import as_param, n_threads_arg
 
 __all__ = ["MissingIndex", "missing_index", "has_missing", "em_stats", "log_prob", "impute", "fill_columns"]
 
-#: the values of GaussianMixture's ``missing`` parameter
-MISSING_OPTIONS = ("error", "em")
-
-
 @dataclass(frozen=True)
 class MissingIndex:
     """Rows grouped by missingness pattern: ``complete`` rows (ascending), the other
@@ -44,6 +40,7 @@ class MissingIndex:
     offsets: np.ndarray
     observed: np.ndarray
     observed_per_column: np.ndarray
+    first_empty_row: int = -1
 
     @property
     def n_incomplete(self) -> int:
@@ -66,23 +63,31 @@ def _column_name(j: int, names: Optional[Sequence]) -> str:
     return f"column {j}" + ("" if names is None else f" ({names[j]!r})")
 
 
-def missing_index(X, *, n_threads=None, feature_names=None, where: str = "X", check_columns: bool = True) -> MissingIndex:
+def missing_index(X, *, n_threads=None, feature_names=None, where: str = "X", check_columns: bool = True,
+                  check_rows: bool = True) -> MissingIndex:
     """The pattern index of X (float32/float64, NaN = missing), raising ValueError for an
-    infinity, a row with every entry missing, and (``check_columns``) a column missing in
-    every row, named by its index and ``feature_names``."""
+    infinity, (``check_columns``) a column missing in every row, named by its index and
+    ``feature_names``, and (``check_rows``) a row with every entry missing (else
+    ``first_empty_row`` tells it)."""
     complete, rows, offsets, observed, per_col, inf_row, empty_row = _core.missing_index(X, n_threads_arg(n_threads))
     if inf_row >= 0:
         raise ValueError(
             f"Input {where} contains infinity or a value too large for {X.dtype!r} (first at row {inf_row})."
         )
-    if empty_row >= 0:
-        raise ValueError(
-            f"Row {empty_row} of {where} has every feature missing (NaN): with missing='em' each row needs "
-            "at least one observed entry. Drop such rows (they carry no information about the mixture)."
-        )
     if check_columns:
         check_observed_columns(per_col, feature_names, where)
-    return MissingIndex(complete, rows, offsets, observed, per_col)
+    if check_rows:
+        check_empty_row(empty_row, where)
+    return MissingIndex(complete, rows, offsets, observed, per_col, int(empty_row))
+
+
+def check_empty_row(row: int, where: str = "X") -> None:
+    """ValueError for a row (>= 0) with every entry missing."""
+    if row >= 0:
+        raise ValueError(
+            f"Row {row} of {where} has every feature missing (NaN): with missing='em' each row needs "
+            "at least one observed entry. Drop such rows (they carry no information about the mixture)."
+        )
 
 
 def check_observed_columns(observed_per_column, feature_names=None, where: str = "X") -> None:

@@ -63,13 +63,21 @@ class MissingArraySource(ArraySource):
 class MissingChunkedSource(ChunkedSource):
     """A stream of chunks that may hold NaN entries (``fit_chunks`` with missing='em')."""
 
+    _first_empty_row = -1
+
     def _scan_chunk(self, X, i, offset):
-        index = _missing.missing_index(X, where=f"X ({self.name}[{i}], rows from {offset})", check_columns=False)
+        where = f"X ({self.name}[{i}], rows from {offset})"
+        index = _missing.missing_index(X, where=where, check_columns=False, check_rows=False)
+        if index.first_empty_row >= 0 and self._first_empty_row < 0:
+            self._first_empty_row = offset + index.first_empty_row
         return np.stack([np.nansum(X, axis=0, dtype=np.float64), index.observed_per_column.astype(np.float64)])
 
     def _column_means(self, totals, n):
+        # after the whole first pass: a column missing everywhere is named before an
+        # empty row (which it may have caused)
         sums, counts = totals
         _missing.check_observed_columns(counts, self.feature_names)
+        _missing.check_empty_row(self._first_empty_row, f"the data ({self.name})")
         return sums / counts
 
     def _init_rows(self, X):
