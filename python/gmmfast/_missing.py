@@ -60,7 +60,7 @@ def has_missing(X) -> bool:
 
 
 def _column_name(j: int, names: Optional[Sequence]) -> str:
-    return f"column {j}" + ("" if names is None else f" ({names[j]!r})")
+    return f"Column {j}" + ("" if names is None else f" ({names[j]!r})")
 
 
 def missing_index(X, *, n_threads=None, feature_names=None, where: str = "X", check_columns: bool = True,
@@ -95,7 +95,7 @@ def check_observed_columns(observed_per_column, feature_names=None, where: str =
     empty = np.flatnonzero(np.asarray(observed_per_column) == 0)
     if empty.size:
         raise ValueError(
-            f"{_column_name(int(empty[0]), feature_names).capitalize()} of {where} is missing (NaN) in every row: "
+            f"{_column_name(int(empty[0]), feature_names)} of {where} is missing (NaN) in every row: "
             "its mean and variance cannot be estimated. Drop the column."
         )
 
