@@ -3,8 +3,9 @@
 //
 // The work of one call, for rows with missing entries:
 //   once per call       the mixture in float64: P_k = U_k U_kᵀ (full, tied), log U_jj
-//   once per pattern    per component (tied: once): L, A = P_MM⁻¹ P_MO, C = P_MM⁻¹, log|L|
-//   once per row        per component: x̂ (o·m), the quadratic form (D²/2), its statistics
+//   once per pattern    per component (tied: once): L, C = P_MM⁻¹ = L⁻ᵀL⁻¹, log|L|, P_MO
+//   once per row        per component: x̂_M = μ_M − C P_MO (x_O − μ_O) (m·o + m²), the
+//                       quadratic form (D²/2), its statistics (D²/2)
 // Complete rows go through gmmfast::em_stats / log_prob themselves, gathered in blocks.
 //
 // Patterns are processed in groups whose factors fit a bounded buffer; within a group
@@ -179,7 +180,7 @@ struct Group {
     std::vector<int64_t> perm;    // G * D: the missing coordinates, then the observed ones (each ascending)
     std::vector<int64_t> nmiss;   // G
     std::vector<int64_t> foff;    // G * Kf + 1: offsets of the factors in fac
-    std::vector<double> fac;      // per (pattern, factor): C (m × m), A (m × o), the log-constant
+    std::vector<double> fac;      // per (pattern, factor): C (m × m), P_MOᵀ (o × m), the log-constant
 };
 
 /// Doubles of the factors of one (pattern, factor) with m missing coordinates.
@@ -187,7 +188,7 @@ inline int64_t factor_size(bool dense, int64_t m, int64_t D) { return dense ? m 
 
 /// Per-thread work space and sums (allocated before the parallel region).
 struct ThreadState {
-    std::vector<double> ld, E, dev, dob, L, Linv, col;  // K, K * D, D, D, D * D, D * D, D
+    std::vector<double> ld, post, E, dev, dob, y, em, L, Linv;  // K, K, K * D, D, D, D, D, D * D, D * D
     std::vector<double> nkp;                            // patterns of a group × K
     double ll = 0.0, wsum = 0.0;
     int64_t bad = -1;
@@ -224,10 +225,12 @@ public:
 
     void init_thread(ThreadState& ts) const {
         ts.ld.assign(static_cast<std::size_t>(K_), 0.0);
+        ts.post.assign(static_cast<std::size_t>(K_), 0.0);
         ts.E.assign(static_cast<std::size_t>(K_ * D_), 0.0);
         ts.dev.assign(static_cast<std::size_t>(D_), 0.0);
         ts.dob.assign(static_cast<std::size_t>(D_), 0.0);
-        ts.col.assign(static_cast<std::size_t>(D_), 0.0);
+        ts.y.assign(static_cast<std::size_t>(D_), 0.0);
+        ts.em.assign(static_cast<std::size_t>(D_), 0.0);
         if (mod_.dense) {
             ts.L.assign(static_cast<std::size_t>(D_ * D_), 0.0);
             ts.Linv.assign(static_cast<std::size_t>(D_ * D_), 0.0);
@@ -261,7 +264,7 @@ public:
                 plan_group(g, b.first, b.second);
                 // implicit barrier: the plan is visible to every thread
                 const int64_t G = g.p1 - g.p0;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 16)
                 for (int64_t j = 0; j < G * Kf_; ++j)
                     if (!stop.load(std::memory_order_relaxed)) factors(g, j / Kf_, j % Kf_, ts);
                 const int64_t r0 = idx_.offsets[g.p0], r1 = idx_.offsets[g.p1];
@@ -290,8 +293,9 @@ public:
         return interrupted.load() ? Status::Interrupted : Status::Ok;
     }
 
-    /// The log-densities ld[k] = log π_k + log N(x_O | k) of row i of pattern pl, and the
-    /// completed deviations E[k] = x̂_k − μ_k. Returns log p(x_O) (NaN/−inf when not finite).
+    /// The log-densities ld[k] = log π_k + log N(x_O | k) of row i of pattern pl, the
+    /// posteriors post[k] = p(k | x_O) and the completed deviations E[k] = x̂_k − μ_k.
+    /// Returns log p(x_O) (NaN/−inf when not finite; post is then unspecified).
     double densities(const Group& g, int64_t pl, int64_t i, ThreadState& ts) const {
         const int64_t D = D_, m = g.nmiss[pl], o = D - m;
         const int64_t* mi = g.perm.data() + pl * D;
@@ -311,24 +315,40 @@ public:
             const double* F = g.fac.data() + g.foff[pl * Kf_ + f];
             double q = 0.0;
             if (mod_.dense) {
-                const double* A = F + m * m;
+                // contiguous multiply-adds (axpy) rather than dot products: they
+                // vectorise without reassociating sums
+                const double* C = F;
+                const double* Bt = F + m * m;
                 double* dob = ts.dob.data();
+                double* v = ts.y.data();
+                double* em = ts.em.data();
                 for (int64_t b = 0; b < o; ++b) {
                     dob[b] = double(x[oi[b]]) - mu[oi[b]];
                     e[oi[b]] = dob[b];
                 }
-                for (int64_t a = 0; a < m; ++a) {
-                    double s = 0.0;
-                    const double* Aa = A + a * o;
-                    for (int64_t b = 0; b < o; ++b) s += Aa[b] * dob[b];
-                    e[mi[a]] = -s;
+                // x̂_M − μ_M = −C v with v = P_MO (x_O − μ_O)
+                std::fill(v, v + m, 0.0);
+                for (int64_t b = 0; b < o; ++b) {
+                    const double db = dob[b];
+                    const double* Bb = Bt + b * m;
+                    for (int64_t a = 0; a < m; ++a) v[a] += Bb[a] * db;
                 }
+                std::fill(em, em + m, 0.0);
+                for (int64_t c = 0; c < m; ++c) {
+                    const double vc = v[c];
+                    const double* Cc = C + c * m;  // C is symmetric: row c is column c
+                    for (int64_t a = 0; a < m; ++a) em[a] -= Cc[a] * vc;
+                }
+                for (int64_t a = 0; a < m; ++a) e[mi[a]] = em[a];
                 const double* U = mod_.U.data() + f * D * D;
-                for (int64_t j = 0; j < D; ++j) {  // y_j = Σ_{l <= j} e_l U[l][j]
-                    double y = 0.0;
-                    for (int64_t l = 0; l <= j; ++l) y += e[l] * U[l * D + j];
-                    q += y * y;
+                double* y = ts.y.data();  // y = Uᵀ e: y_j = Σ_{l <= j} e_l U[l][j]
+                std::fill(y, y + D, 0.0);
+                for (int64_t l = 0; l < D; ++l) {
+                    const double el = e[l];
+                    const double* Ul = U + l * D;
+                    for (int64_t j = l; j < D; ++j) y[j] += el * Ul[j];
                 }
+                for (int64_t j = 0; j < D; ++j) q += y[j] * y[j];
                 ld[k] = mod_.logw[k] + F[m * m + m * o] - 0.5 * q;
             } else {
                 const double* u = mod_.u.data() + k * D;
@@ -345,7 +365,10 @@ public:
         }
         if (!std::isfinite(mx)) return std::isnan(mx) ? mx : -std::numeric_limits<double>::infinity();
         double s = 0.0;
-        for (int64_t k = 0; k < K_; ++k) s += std::exp(ld[k] - mx);
+        double* post = ts.post.data();
+        for (int64_t k = 0; k < K_; ++k) s += (post[k] = std::exp(ld[k] - mx));
+        const double inv = 1.0 / s;
+        for (int64_t k = 0; k < K_; ++k) post[k] *= inv;
         return mx + std::log(s);
     }
 
@@ -399,7 +422,7 @@ private:
         double* L = ts.L.data();      // m × m, stride m
         double* Li = ts.Linv.data();  // m × m, stride m
         double* C = F;
-        double* A = F + m * m;
+        double* Bt = F + m * m;  // P_MO transposed: Bt[b][a] = P[M_a][O_b]
         double logdetL = 0.0;
         bool ok = true;
         for (int64_t a = 0; a < m && ok; ++a) {  // Cholesky of P_MM
@@ -423,20 +446,8 @@ private:
             F[m * m + m * o] = std::numeric_limits<double>::quiet_NaN();
             return;
         }
-        // A[:, b] = P_MM⁻¹ P_M,o_b: L y = P_M,o_b, then Lᵀ a = y
-        double* y = ts.col.data();
-        for (int64_t b = 0; b < o; ++b) {
-            for (int64_t a = 0; a < m; ++a) {
-                double v = P[mi[a] * D + oi[b]];
-                for (int64_t c = 0; c < a; ++c) v -= L[a * m + c] * y[c];
-                y[a] = v / L[a * m + a];
-            }
-            for (int64_t a = m - 1; a >= 0; --a) {
-                double v = y[a];
-                for (int64_t c = a + 1; c < m; ++c) v -= L[c * m + a] * A[c * o + b];
-                A[a * o + b] = v / L[a * m + a];
-            }
-        }
+        for (int64_t b = 0; b < o; ++b)
+            for (int64_t a = 0; a < m; ++a) Bt[b * m + a] = P[mi[a] * D + oi[b]];
         // C = P_MM⁻¹ = L⁻ᵀ L⁻¹, with L⁻¹ lower triangular by forward substitution
         for (int64_t c = 0; c < m; ++c)
             for (int64_t a = 0; a < m; ++a) {
@@ -554,7 +565,6 @@ RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
         ts.s1.assign(static_cast<std::size_t>(K * D), 0.0);
         ts.s2.assign(static_cast<std::size_t>(s2n), 0.0);
     }
-    const double ninf = -std::numeric_limits<double>::infinity();
     auto row = [&](ThreadState& ts, const Group& g, int64_t pl, int64_t i) {
         const double lse = kern.densities(g, pl, i, ts);
         if (!std::isfinite(lse)) {
@@ -570,8 +580,7 @@ RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
         const T* x = X + i * D;
         double* dev = ts.dev.data();
         for (int64_t k = 0; k < K; ++k) {
-            if (ts.ld[k] == ninf) continue;
-            const double r = w * std::exp(ts.ld[k] - lse);
+            const double r = w * ts.post[k];
             if (r == 0.0) continue;
             const double* e = ts.E.data() + k * D;
             const double* mu = mod.mu.data() + k * D;
@@ -727,11 +736,8 @@ RunInfo log_prob_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
                 for (int64_t b = m; b < D; ++b) o[mi[b]] = x[mi[b]];
                 for (int64_t a = 0; a < m; ++a) {
                     double v = 0.0;
-                    for (int64_t k = 0; k < K; ++k) {
-                        if (ts.ld[k] == -std::numeric_limits<double>::infinity()) continue;
-                        const double p = std::exp(ts.ld[k] - lse);
-                        v += p * (mod.mu[k * D + mi[a]] + ts.E[k * D + mi[a]]);
-                    }
+                    for (int64_t k = 0; k < K; ++k)
+                        if (ts.post[k] != 0.0) v += ts.post[k] * (mod.mu[k * D + mi[a]] + ts.E[k * D + mi[a]]);
                     o[mi[a]] = T(v);
                 }
                 break;

@@ -8,16 +8,17 @@
 // component with precision P = U Uᵀ (U its precision Cholesky factor), the per-pattern
 // factors are, in float64:
 //   L        the lower Cholesky factor of P_MM                          m × m
-//   A        P_MM⁻¹ P_MO   (the conditional mean is μ_M − A (x_O − μ_O))  m × o
 //   C        P_MM⁻¹        (the conditional covariance of x_M given x_O)  m × m
 //   log|L|   Σ_a log L_aa
+// and per row the conditional mean x̂_M = μ_M − C P_MO (x_O − μ_O) (m·o + m²; forming
+// C P_MO once per pattern would cost m²·o, more than the rows of most patterns save)
 // and a row's marginal log-density over its observed coordinates is that of the row
 // completed with its conditional mean x̂ (a quadratic form in U, as for complete rows),
 // corrected by the conditional density at its mode:
 //   log N(x_O | μ_O, Σ_OO) = −½ (D − m) log 2π − ½ ‖(x̂ − μ)ᵀ U‖² + Σ_j log U_jj − log|L|.
 // The statistics of component k add, per row, r (x̂ − c) to s1 and r (x̂ − c)(x̂ − c)ᵀ to
 // s2 (in the covariance type's form), and, per pattern, (Σ_rows r) C to the M × M block
-// of s2. Diagonal and spherical precisions need no factorisation (A = 0, C = diag(1/u²)).
+// of s2. Diagonal and spherical precisions need no factorisation (P_MO = 0, C = diag(1/u²)).
 // The statistics are those of gmmfast/mixture.hpp's Stats: gmmfast::finalize turns them
 // into the parameters of the EM M-step unchanged.
 #pragma once
