@@ -475,9 +475,26 @@ private:
     std::vector<std::pair<int64_t, int64_t>> bounds_;
 };
 
+/// The pattern kernel of one call with its threads' state (allocated here, before the
+/// parallel region).
+template <class T>
+struct PatternRun {
+    Model<T> mod;
+    PatternKernel<T> kern;
+    int nt;
+    std::vector<ThreadState> threads;
+    PatternRun(const T* X, const Mixture<T>& mix, const MissingIndex& idx, const Exec& exec);
+};
+
 int threads_for(const Exec& exec, int64_t rows) {
     const int64_t tiles = std::max<int64_t>(1, (rows + kRowTile - 1) / kRowTile);
     return int(std::min<int64_t>(resolve_threads(exec.n_threads), tiles));
+}
+
+template <class T>
+PatternRun<T>::PatternRun(const T* X, const Mixture<T>& mix, const MissingIndex& idx, const Exec& exec)
+    : mod(mix), kern(X, mod, idx), nt(threads_for(exec, idx.n_incomplete)), threads(static_cast<std::size_t>(nt)) {
+    for (auto& ts : threads) kern.init_thread(ts);
 }
 
 /// Complete rows in blocks: fn(pointer to n contiguous rows, their first index in
@@ -528,7 +545,7 @@ RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
         std::vector<double> nk(static_cast<std::size_t>(K)), s1(static_cast<std::size_t>(K * D)),
             s2(static_cast<std::size_t>(s2n));
         Responsibilities<T> estep;
-        const Status st = complete_blocks(X, D, idx, exec, buf, [&](const T* Xb, int64_t b0, int64_t n) {
+        info.status = complete_blocks(X, D, idx, exec, buf, [&](const T* Xb, int64_t b0, int64_t n) {
             const T* w = nullptr;
             if (sample_weight) {
                 wbuf.resize(static_cast<std::size_t>(n));
@@ -548,19 +565,14 @@ RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
             for (int64_t j = 0; j < s2n; ++j) out.s2[j] += s2[j];
             return r.status;
         });
-        if (st == Status::Interrupted) {
-            info.status = st;
-            return info;
-        }
     }
-    if (idx.n_incomplete == 0) return info;
+    if (info.status == Status::Interrupted || idx.n_incomplete == 0) return info;
 
-    const Model<T> mod(mix);
-    PatternKernel<T> kern(X, mod, idx);
-    const int nt = threads_for(exec, idx.n_incomplete);
-    std::vector<ThreadState> threads(static_cast<std::size_t>(nt));
+    PatternRun<T> patterns(X, mix, idx, exec);
+    const Model<T>& mod = patterns.mod;
+    PatternKernel<T>& kern = patterns.kern;
+    std::vector<ThreadState>& threads = patterns.threads;
     for (auto& ts : threads) {
-        kern.init_thread(ts);
         ts.nk.assign(static_cast<std::size_t>(K), 0.0);
         ts.s1.assign(static_cast<std::size_t>(K * D), 0.0);
         ts.s2.assign(static_cast<std::size_t>(s2n), 0.0);
@@ -654,7 +666,7 @@ RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
             }
         }
     };
-    info.status = kern.run(nt, exec, threads, row, group_end);
+    info.status = kern.run(patterns.nt, exec, threads, row, group_end);
     // merge in thread order; full and tied: the upper triangles, mirrored
     std::vector<double> upper(cov == Covariance::Full || cov == Covariance::Tied ? static_cast<std::size_t>(s2n) : 0);
     for (const auto& ts : threads) {
@@ -698,7 +710,7 @@ RunInfo log_prob_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
         const LogProbOutput kind = what == MissingOutput::Sample    ? LogProbOutput::Sample
                                    : what == MissingOutput::LogResp ? LogProbOutput::LogResp
                                                                     : LogProbOutput::Weighted;
-        const Status st = complete_blocks(X, D, idx, exec, buf, [&](const T* Xb, int64_t b0, int64_t n) {
+        info.status = complete_blocks(X, D, idx, exec, buf, [&](const T* Xb, int64_t b0, int64_t n) {
             res.resize(static_cast<std::size_t>(n * width));
             const RunInfo r = log_prob<T>(Xb, n, mix, kind, res.data(), exec);
             if (r.first_bad_row >= 0) note_bad(info.first_bad_row, idx.complete[b0 + r.first_bad_row]);
@@ -706,19 +718,11 @@ RunInfo log_prob_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
                 std::copy(res.data() + j * width, res.data() + (j + 1) * width, out + idx.complete[b0 + j] * width);
             return r.status;
         });
-        if (st == Status::Interrupted) {
-            info.status = st;
-            return info;
-        }
     }
-    if (idx.n_incomplete == 0) return info;
-    const Model<T> mod(mix);
-    PatternKernel<T> kern(X, mod, idx);
-    const int nt = threads_for(exec, idx.n_incomplete);
-    std::vector<ThreadState> threads(static_cast<std::size_t>(nt));
-    for (auto& ts : threads) kern.init_thread(ts);
+    if (info.status == Status::Interrupted || idx.n_incomplete == 0) return info;
+    PatternRun<T> patterns(X, mix, idx, exec);
     auto row = [&](ThreadState& ts, const Group& g, int64_t pl, int64_t i) {
-        const double lse = kern.densities(g, pl, i, ts);
+        const double lse = patterns.kern.densities(g, pl, i, ts);
         if (!std::isfinite(lse)) note_bad(ts.bad, i);
         T* o = out + i * width;
         switch (what) {
@@ -737,15 +741,15 @@ RunInfo log_prob_missing(const T* X, int64_t N, const Mixture<T>& mix, const Mis
                 for (int64_t a = 0; a < m; ++a) {
                     double v = 0.0;
                     for (int64_t k = 0; k < K; ++k)
-                        if (ts.post[k] != 0.0) v += ts.post[k] * (mod.mu[k * D + mi[a]] + ts.E[k * D + mi[a]]);
+                        if (ts.post[k] != 0.0) v += ts.post[k] * (patterns.mod.mu[k * D + mi[a]] + ts.E[k * D + mi[a]]);
                     o[mi[a]] = T(v);
                 }
                 break;
             }
         }
     };
-    info.status = kern.run(nt, exec, threads, row, [](ThreadState&, const Group&) {});
-    for (const auto& ts : threads)
+    info.status = patterns.kern.run(patterns.nt, exec, patterns.threads, row, [](ThreadState&, const Group&) {});
+    for (const auto& ts : patterns.threads)
         if (ts.bad >= 0) note_bad(info.first_bad_row, ts.bad);
     return info;
 }

@@ -260,6 +260,38 @@ void check_finite_X(const CArray<T>& X, int n_threads) {
     if (bad >= 0) raise_bad_row(X.data(), X.shape(1), bad);
 }
 
+// ------------------------------------------------------------------ statistics outputs
+
+/// The output arrays of a statistics kernel, nk (K,), s1 (K, D) and s2 (param_shape),
+/// and the Stats view of them that the kernel fills.
+struct StatsOut {
+    py::array_t<double> nk, s1, s2;
+    Stats st;
+    StatsOut(Covariance cov, int64_t K, int64_t D) : nk({K}), s1({K, D}), s2(param_shape(cov, K, D)) {
+        st.nk = nk.mutable_data();
+        st.s1 = s1.mutable_data();
+        st.s2 = s2.mutable_data();
+    }
+    /// (log_likelihood, weight_sum, nk, s1, s2), as em_stats returns them.
+    py::tuple result() const { return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2); }
+};
+
+/// Finite inputs can still give non-finite statistics when the per-row products
+/// r·(x - c)(x - c)ᵀ, formed in T, overflow (float32: |x - c| beyond ~1.8e19): a clear
+/// error instead of returning inf/NaN statistics (issue 8).
+template <class T>
+void check_finite_stats(const StatsOut& out) {
+    bool finite = std::isfinite(out.st.log_likelihood) && std::isfinite(out.st.weight_sum);
+    for (const auto* a : {&out.nk, &out.s1, &out.s2})
+        for (py::ssize_t j = 0; finite && j < a->size(); ++j) finite = std::isfinite(a->data()[j]);
+    if (finite) return;
+    const std::string dtype = sizeof(T) == 4 ? "float32" : "float64";
+    throw py::value_error("The statistics of X are not finite: " + dtype +
+                          " arithmetic overflowed (the squared deviations of X from the centres, or the sample "
+                          "weights times them, exceed the largest " + dtype +
+                          "). Scale the data" + (sizeof(T) == 4 ? ", or pass float64 data." : "."));
+}
+
 // ------------------------------------------------------------------ the families
 // Each binding file defines the functions of one kernel family on m; module.cpp calls
 // them in the order that keeps _core's attributes as they were.

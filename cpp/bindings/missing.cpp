@@ -134,27 +134,18 @@ py::tuple em_stats_missing_t(const py::array& Xa, const py::tuple& index, const 
         m.add("pattern factors and row scratch", est_missing_scratch(cov, K, D, n_threads, N));
         m.check(kFewerComponents);
     }
-    py::array_t<double> nk({K}), s1({K, D}), s2(param_shape(cov, K, D));
-    Stats st;
-    st.nk = nk.mutable_data();
-    st.s1 = s1.mutable_data();
-    st.s2 = s2.mutable_data();
+    StatsOut out(cov, K, D);
     SignalPoll sp;
     Exec exec = make_exec(n_threads, sp);
     RunInfo info;
     {
         py::gil_scoped_release release;
         info = em_stats_missing<T>(X.data(), N, mix.view, idx.view, centres.data(),
-                                   sw.is_none() ? nullptr : weights.data(), st, exec);
+                                   sw.is_none() ? nullptr : weights.data(), out.st, exec);
     }
     check_rows(info.status, info.first_bad_row, [&](int64_t r) { raise_missing_row<T>(r); });
-    bool finite = std::isfinite(st.log_likelihood) && std::isfinite(st.weight_sum);
-    for (const py::array_t<double>* a : {&nk, &s1, &s2})
-        for (py::ssize_t j = 0; finite && j < a->size(); ++j) finite = std::isfinite(a->data()[j]);
-    if (!finite)
-        throw py::value_error(std::string("The statistics of X are not finite: ") + (sizeof(T) == 4 ? "float32" : "float64") +
-                              " arithmetic overflowed. Scale the data.");
-    return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2);
+    check_finite_stats<T>(out);
+    return out.result();
 }
 
 template <class T>
