@@ -64,7 +64,7 @@ def test_clone_and_params():
         "n_components", "covariance_type", "tol", "reg_covar", "max_iter", "n_init",
         "init_params", "weights_init", "means_init", "precisions_init", "random_state",
         "warm_start", "verbose", "verbose_interval", "recovery", "n_threads",
-        "learning_decay", "learning_offset", "checkpoint", "checkpoint_every",
+        "learning_decay", "learning_offset", "checkpoint", "checkpoint_every", "missing",
     }
     # scikit-learn's GaussianMixture parameters are a subset, with the same defaults
     from sklearn.mixture import GaussianMixture as SkGM

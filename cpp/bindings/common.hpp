@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "gmmfast/log_prob.hpp"
 #include "gmmfast/mixture.hpp"
 #include "gmmfast/validate.hpp"
 
@@ -112,6 +113,39 @@ auto dispatch_dtype(const py::array& X, F&& f) {
     if (dt.kind() == 'f' && dt.itemsize() == 8) return f(double{});
     throw py::value_error("X must be a float32 or float64 array, got dtype " + std::string(py::str(dt)));
 }
+
+// ------------------------------------------------------------------ mixtures
+
+/// A mixture parsed from Python arrays (checked with check_mixture when check_values);
+/// keeps the converted arrays alive. Used by the E-step and missing-value families.
+template <class T>
+struct PyMixture {
+    CArray<T> log_weights, means, prec_chol;
+    Mixture<T> view;
+
+    PyMixture(const py::handle& lw, const py::handle& mu, const py::handle& pc, Covariance cov,
+              int64_t D, bool check_values) {
+        log_weights = as_array<T>(lw, "log_weights");
+        means = as_array<T>(mu, "means");
+        prec_chol = as_array<T>(pc, "precisions_cholesky");
+        if (log_weights.ndim() != 1 || log_weights.shape(0) < 1)
+            throw py::value_error("log_weights must be a non-empty 1-D array of shape (n_components,), got shape " +
+                                  shape_str(shape_of(log_weights)));
+        const int64_t K = log_weights.shape(0);
+        expect_shape(means, {K, D}, "means", "(n_components, n_features)");
+        expect_shape(prec_chol, param_shape(cov, K, D), "precisions_cholesky", param_meaning(cov));
+        view.K = K;
+        view.D = D;
+        view.cov = cov;
+        view.log_weights = log_weights.data();
+        view.means = means.data();
+        view.prec_chol = prec_chol.data();
+        if (check_values) {
+            const std::string err = check_mixture(view);  // O(K·D²): cheap, keep the GIL
+            if (!err.empty()) throw py::value_error(err);
+        }
+    }
+};
 
 // ------------------------------------------------------------------ Ctrl-C and threads
 
@@ -226,6 +260,38 @@ void check_finite_X(const CArray<T>& X, int n_threads) {
     if (bad >= 0) raise_bad_row(X.data(), X.shape(1), bad);
 }
 
+// ------------------------------------------------------------------ statistics outputs
+
+/// The output arrays of a statistics kernel, nk (K,), s1 (K, D) and s2 (param_shape),
+/// and the Stats view of them that the kernel fills.
+struct StatsOut {
+    py::array_t<double> nk, s1, s2;
+    Stats st;
+    StatsOut(Covariance cov, int64_t K, int64_t D) : nk({K}), s1({K, D}), s2(param_shape(cov, K, D)) {
+        st.nk = nk.mutable_data();
+        st.s1 = s1.mutable_data();
+        st.s2 = s2.mutable_data();
+    }
+    /// (log_likelihood, weight_sum, nk, s1, s2), as em_stats returns them.
+    py::tuple result() const { return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2); }
+};
+
+/// Finite inputs can still give non-finite statistics when the per-row products
+/// r·(x - c)(x - c)ᵀ, formed in T, overflow (float32: |x - c| beyond ~1.8e19): a clear
+/// error instead of returning inf/NaN statistics (issue 8).
+template <class T>
+void check_finite_stats(const StatsOut& out) {
+    bool finite = std::isfinite(out.st.log_likelihood) && std::isfinite(out.st.weight_sum);
+    for (const auto* a : {&out.nk, &out.s1, &out.s2})
+        for (py::ssize_t j = 0; finite && j < a->size(); ++j) finite = std::isfinite(a->data()[j]);
+    if (finite) return;
+    const std::string dtype = sizeof(T) == 4 ? "float32" : "float64";
+    throw py::value_error("The statistics of X are not finite: " + dtype +
+                          " arithmetic overflowed (the squared deviations of X from the centres, or the sample "
+                          "weights times them, exceed the largest " + dtype +
+                          "). Scale the data" + (sizeof(T) == 4 ? ", or pass float64 data." : "."));
+}
+
 // ------------------------------------------------------------------ the families
 // Each binding file defines the functions of one kernel family on m; module.cpp calls
 // them in the order that keeps _core's attributes as they were.
@@ -236,5 +302,6 @@ void register_kmeans(py::module_& m);      // kmeans.cpp: kmeans_plusplus, kmean
 void register_runtime(py::module_& m);     // runtime.cpp: first_nonfinite_row, build_info, ISA selection,
                                            //   memory checks, fork state
 void register_per_sample(py::module_& m);  // per_sample.cpp: per-sample mixtures (mixture density networks)
+void register_missing(py::module_& m);     // missing.cpp: rows with NaN entries (missing at random)
 
 }  // namespace gmmfast::bind

@@ -1,7 +1,6 @@
 // gmmfast._core: the E-step family (gmmfast/log_prob.hpp, em_stats.hpp, grad.hpp):
 // log-densities, the fused E-step + sufficient statistics, and the gradient in X.
 #include <cmath>
-#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <string>
@@ -16,36 +15,6 @@ namespace gmmfast::bind {
 namespace {
 
 using namespace pybind11::literals;
-
-/// A mixture parsed from Python arrays; keeps the converted arrays alive.
-template <class T>
-struct PyMixture {
-    CArray<T> log_weights, means, prec_chol;
-    Mixture<T> view;
-
-    PyMixture(const py::handle& lw, const py::handle& mu, const py::handle& pc, Covariance cov,
-              int64_t D, bool check_values) {
-        log_weights = as_array<T>(lw, "log_weights");
-        means = as_array<T>(mu, "means");
-        prec_chol = as_array<T>(pc, "precisions_cholesky");
-        if (log_weights.ndim() != 1 || log_weights.shape(0) < 1)
-            throw py::value_error("log_weights must be a non-empty 1-D array of shape (n_components,), got shape " +
-                                  shape_str(shape_of(log_weights)));
-        const int64_t K = log_weights.shape(0);
-        expect_shape(means, {K, D}, "means", "(n_components, n_features)");
-        expect_shape(prec_chol, param_shape(cov, K, D), "precisions_cholesky", param_meaning(cov));
-        view.K = K;
-        view.D = D;
-        view.cov = cov;
-        view.log_weights = log_weights.data();
-        view.means = means.data();
-        view.prec_chol = prec_chol.data();
-        if (check_values) {
-            const std::string err = check_mixture(view);  // O(K·D²): cheap, keep the GIL
-            if (!err.empty()) throw py::value_error(err);
-        }
-    }
-};
 
 // ------------------------------------------------------------------------------- log_prob
 
@@ -108,22 +77,6 @@ void check_resp(const T* r, int64_t N, int64_t K, bool signed_resp) {
             throw py::value_error(std::string("resp must be finite") + (signed_resp ? "" : " and non-negative") +
                                   ", but entry [" + std::to_string(j / K) + ", " + std::to_string(j % K) +
                                   "] is " + std::to_string(double(r[j])));
-}
-
-/// Finite inputs can still give non-finite statistics when the per-row products
-/// r·(x - c)(x - c)ᵀ, formed in T, overflow (float32: |x - c| beyond ~1.8e19): a clear
-/// error instead of returning inf/NaN statistics (issue 8).
-template <class T>
-void check_finite_stats(double ll, double wsum, std::initializer_list<const py::array_t<double>*> arrays) {
-    bool finite = std::isfinite(ll) && std::isfinite(wsum);
-    for (const auto* a : arrays)
-        for (py::ssize_t j = 0; finite && j < a->size(); ++j) finite = std::isfinite(a->data()[j]);
-    if (finite) return;
-    const std::string dtype = sizeof(T) == 4 ? "float32" : "float64";
-    throw py::value_error("The statistics of X are not finite: " + dtype +
-                          " arithmetic overflowed (the squared deviations of X from the centres, or the sample "
-                          "weights times them, exceed the largest " + dtype +
-                          "). Scale the data" + (sizeof(T) == 4 ? ", or pass float64 data." : "."));
 }
 
 template <class T>
@@ -212,13 +165,8 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
                     (cov == Covariance::Full ? 2.0 * rows * Dp * double(sizeof(T)) : 0.0)));
         m.check(kFewerComponents);
     }
-    py::array_t<double> nk({K}), s1({K, D});
-    std::vector<int64_t> s2shape = param_shape(cov, K, D);
-    py::array_t<double> s2(s2shape);
-    Stats st;
-    st.nk = nk.mutable_data();
-    st.s1 = s1.mutable_data();
-    st.s2 = s2.mutable_data();
+    StatsOut out(cov, K, D);
+    Stats& st = out.st;
     SignalPoll sp;
     Exec exec = make_exec(n_threads, sp);
     RunInfo info;
@@ -231,8 +179,8 @@ py::tuple em_stats_t(const py::array& Xa, const py::handle& lw, const py::handle
     // so NaN propagates as in torch, instead of the row silently dropping out.
     if (!checks && info.first_bad_row >= 0 && estep) st.log_likelihood = std::numeric_limits<double>::quiet_NaN();
     check_rows(info.status, checks ? info.first_bad_row : -1, [&](int64_t r) { raise_bad_row(X.data(), D, r); });
-    if (checks) check_finite_stats<T>(st.log_likelihood, st.weight_sum, {&nk, &s1, &s2});
-    return py::make_tuple(st.log_likelihood, st.weight_sum, nk, s1, s2);
+    if (checks) check_finite_stats<T>(out);
+    return out.result();
 }
 
 py::tuple py_em_stats(const py::array& X, const py::object& lw, const py::object& mu,

@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
     register_kmeans(m);      // kmeans_plusplus, kmeans_lloyd
     register_runtime(m);     // first_nonfinite_row, build_info, ISA, memory checks, fork state (issue 8)
     register_per_sample(m);  // per-sample mixtures (mixture density networks)
+    register_missing(m);     // missing values: pattern index, em_stats and log_prob of rows with NaN
 }

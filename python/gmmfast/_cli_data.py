@@ -51,7 +51,7 @@ def _guess_delimiter(line: str) -> Optional[str]:
 
 
 def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[int] = None,
-              what: str = "data", mmap: bool = False):
+              what: str = "data", mmap: bool = False, missing: bool = False):
     """Read a data matrix from a .npy file or a delimited text file (CSV, TSV, spaces).
 
     With ``mmap`` a .npy file is memory-mapped (read-only), not read: the checks read it
@@ -61,6 +61,9 @@ def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[in
     first line (',' then tab then ';', else whitespace) unless given; a first line that
     is not numeric is taken as a header of column names unless ``skip_header`` (a number
     of lines to skip) is given.
+
+    With ``missing`` (``--missing em``), empty cells of a text file and NaN entries are
+    missing values (NaN); an infinity is still an error.
 
     Returns ``(X, names)``: a 2-D array (a single column for 1-D input) and the header's
     column names (None without a header). Raises CLIError with a one-line message.
@@ -82,7 +85,7 @@ def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[in
             f"{path}: is an .npz archive; {what} must be a .npy array or a CSV/text file"
         )
     else:
-        X, names = _load_text(path, delimiter, skip_header)
+        X, names = _load_text(path, delimiter, skip_header, missing)
     if X.dtype.kind not in "fiub":
         raise CLIError(f"{path}: {what} must be numeric, got an array of dtype {X.dtype}")
     if X.ndim == 1:
@@ -100,16 +103,28 @@ def load_data(path, *, delimiter: Optional[str] = None, skip_header: Optional[in
         # block by block: a memory-mapped file that needs converting is never copied whole
         block = max(1, (1 << 22) // max(1, X.shape[1])) if isinstance(X, np.memmap) else X.shape[0]
         for start in range(0, X.shape[0], block):
-            row = _core.first_nonfinite_row(np.ascontiguousarray(X[start : start + block], dtype=native))
+            part = np.ascontiguousarray(X[start : start + block], dtype=native)
+            if missing:
+                bad = np.flatnonzero(np.isinf(part).any(axis=1))
+                if bad.size:
+                    raise CLIError(f"{path}: data row {start + bad[0] + 1} contains infinity")
+                continue
+            row = _core.first_nonfinite_row(part)
             if row >= 0:
                 raise CLIError(
                     f"{path}: data row {start + row + 1} contains NaN or infinity "
-                    "(missing values are not supported: remove or impute them)"
+                    "(missing values: pass --missing em to fit them by EM, or remove them)"
                 )
     return X, names
 
 
-def _load_text(path, delimiter, skip_header):
+def _cell(field: str) -> float:
+    """A text cell as a number; an empty one is a missing value (NaN)."""
+    field = field.strip().strip("\"'")
+    return float(field) if field else np.nan
+
+
+def _load_text(path, delimiter, skip_header, missing=False):
     first, first_index = None, 0
     try:
         with open(path, "r", encoding="utf-8", errors="replace") as fh:
@@ -139,7 +154,7 @@ def _load_text(path, delimiter, skip_header):
             warnings.simplefilter("ignore")  # "input contained no data": checked below
             X = np.loadtxt(
                 path, delimiter=delimiter, skiprows=skiprows, comments="#", ndmin=2,
-                dtype=np.float64, encoding="utf-8",
+                dtype=np.float64, encoding="utf-8", **({"converters": _cell} if missing else {}),
             )
     except ValueError as exc:
         where = _locate_bad_line(path, delimiter, skiprows) or _one_line(exc)
@@ -168,7 +183,8 @@ def _locate_bad_line(path, delimiter, skiprows) -> Optional[str]:
                 if not _is_number(f):
                     shown = f if f else "an empty field"
                     return f"line {lineno}, column {j}: {shown!r} is not a number" if f else (
-                        f"line {lineno}, column {j}: {shown} (missing value)"
+                        f"line {lineno}, column {j}: {shown} (a missing value: pass --missing em "
+                        "to fit such data by EM)"
                     )
             if n_cols is None:
                 n_cols = len(fields)

@@ -27,10 +27,12 @@ from ._driver import WarmStart
 from ._params import precisions_from_cholesky
 from ._settings import EMSettings, check_int
 from ._types import MixtureParams
+from ._missing import has_missing
 from ._validation import (
     as_2d_float,
     as_tensor,
     check_finite,
+    check_no_infinity,
     check_means_init,
     check_n_features,
     check_precisions_init,
@@ -48,6 +50,7 @@ from ._verbose import EstimatorMonitor, VerboseOutput
 from .io import FittedModel, save_model
 from .sources.array import ArraySource
 from .sources.chunks import Chunks, ChunkedSource, row_chunks
+from .sources.missing import MissingArraySource, MissingChunkedSource
 
 __all__ = ["MixtureEstimator"]
 
@@ -76,6 +79,11 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
 
     def _reset_online(self):
         """A batch fit ends online EM (a subclass with online EM drops its state)."""
+
+    def _missing_em(self) -> bool:
+        """Whether NaN entries are missing values fitted by EM (``missing='em'``, a
+        parameter of the subclasses that support it) rather than an error."""
+        return getattr(self, "missing", "error") == "em"
 
     # ------------------------------------------------------------------ input checks
 
@@ -118,7 +126,10 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
                 "Found array with %d feature(s) (shape=%s) while a minimum of 1 is required by "
                 "%s." % (arr.shape[1], arr.shape, type(self).__name__)
             )
-        check_finite(arr)
+        if self._missing_em():
+            check_no_infinity(arr)  # NaN are missing entries (each row, column: checked later)
+        else:
+            check_finite(arr)
         return arr
 
     def _set_features(self, n_features, names):
@@ -212,7 +223,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             # per native call; it also makes NumPy's column means, whose rounding depends
             # on the layout, the same as for the C-ordered array
             X = np.ascontiguousarray(X)
-            source = self._array_source(X, self._fit_weights(X, sample_weight))
+            source = self._rows_source(X, self._fit_weights(X, sample_weight), names)
         self._run_em(source, settings, names)
         return X
 
@@ -220,6 +231,13 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         """The data source of an in-memory fit (model selection overrides it to share
         one k-means between covariance types)."""
         return ArraySource(X, sample_weight)
+
+    def _rows_source(self, X, sample_weight, names=None):
+        """The source of validated rows in memory: with missing='em' and NaN in X, the
+        missing-value source (rows grouped by pattern); otherwise ``_array_source``."""
+        if self._missing_em() and has_missing(X):
+            return MissingArraySource(X, sample_weight, feature_names=names)
+        return self._array_source(X, sample_weight)
 
     def _blockwise_source(self, X, sample_weight, settings):
         if sample_weight is not None:
@@ -232,7 +250,8 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
 
     def _chunked_source(self, chunks, init_size, settings):
         rs = check_random_state(self.random_state)
-        return ChunkedSource(chunks, settings.n_components, init_size, rs, settings.n_threads, chunks.name, settings)
+        kind = MissingChunkedSource if self._missing_em() else ChunkedSource
+        return kind(chunks, settings.n_components, init_size, rs, settings.n_threads, chunks.name, settings)
 
     def _tensor_source(self, X, sample_weight, settings):
         """The data source of a tensor fit: the tensor on its device, or this rank's part
@@ -404,6 +423,20 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             return float(((ll * sw).sum() / sw.sum()).compute())
         sw = check_sample_weight(to_numpy(sample_weight), X.shape[0], np.float64)
         return float(ll.mean() if sw is None else np.dot(sw, ll) / sw.sum())
+
+    def impute(self, X):
+        """X with each missing entry (NaN) replaced by its conditional expectation under
+        the fitted mixture, E[x_M | x_O] = Σ_k p(k | x_O) E[x_M | x_O, k] (needs
+        missing='em'; NumPy input). Observed entries are returned as they are.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features), in the promoted dtype of X and the model
+        """
+        self._check_is_fitted()
+        if not self._missing_em():
+            raise ValueError(f"impute needs missing='em'; this {type(self).__name__} has missing={self.missing!r}")
+        return scoring.impute(self._mixture(), self._validate_X(X))
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted model (scikit-learn's algorithm and random stream).

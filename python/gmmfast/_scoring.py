@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
+from . import _missing, ops
 from ._params import log_weights
 from ._validation import as_tensor, check_n_features, is_dask_array, is_tensor, to_numpy, torch_dtype
 
@@ -65,19 +65,32 @@ def log_prob(mix: Mixture, X, output):
             mix.covariance_type,
             output,
         )
+    X, mixture = _numpy_mixture(mix, X)
+    if _missing.has_missing(X):
+        # only with missing='em' (the estimator rejects NaN otherwise): the marginal
+        # over each row's observed entries
+        index = _missing.missing_index(X, n_threads=mix.n_threads, check_columns=False)
+        return _missing.log_prob(X, index, *mixture, mix.covariance_type, output, n_threads=mix.n_threads)
+    return ops.log_prob(X, *mixture, mix.covariance_type, output, n_threads=mix.n_threads)
+
+
+def _numpy_mixture(mix: Mixture, X):
+    """X and (log-weights, means, precision Cholesky factors) in their promoted dtype."""
     means = to_numpy(mix.means)
     dt = np.result_type(X.dtype, means.dtype)
     if dt != X.dtype:
         X = X.astype(dt)
-    return ops.log_prob(
-        X,
-        log_weights(to_numpy(mix.weights)).astype(dt),
-        means.astype(dt),
-        to_numpy(mix.precisions_cholesky).astype(dt),
-        mix.covariance_type,
-        output,
-        n_threads=mix.n_threads,
-    )
+    return X, (log_weights(to_numpy(mix.weights)).astype(dt), means.astype(dt),
+               to_numpy(mix.precisions_cholesky).astype(dt))
+
+
+def impute(mix: Mixture, X) -> np.ndarray:
+    """X (NumPy) with each NaN replaced by its conditional expectation under ``mix``."""
+    X, mixture = _numpy_mixture(mix, np.asarray(X))
+    if not _missing.has_missing(X):
+        return X.copy()
+    index = _missing.missing_index(X, n_threads=mix.n_threads, check_columns=False)
+    return _missing.impute(X, index, *mixture, mix.covariance_type, n_threads=mix.n_threads)
 
 
 def labels(mix: Mixture, X):

@@ -21,6 +21,7 @@ from ._types import COVARIANCE_TYPES
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 RECOVERY = (None, "reg_covar", "reseed")
+MISSING = ("error", "em")
 
 #: the defaults of GaussianMixture's scalar parameters (its signature repeats them, as
 #: scikit-learn requires; a test checks that the two agree). Model files read without a
@@ -41,6 +42,7 @@ PARAM_DEFAULTS = {
     "n_threads": None,
     "learning_decay": 0.7,
     "learning_offset": 10.0,
+    "missing": "error",
 }
 
 
@@ -157,6 +159,10 @@ def check_params(p: dict, owner: str = "GaussianMixture") -> None:
         recovery = p["recovery"]
         if not (recovery is None or (isinstance(recovery, str) and recovery in RECOVERY)):
             raise interval_error("recovery", "None, 'reg_covar' or 'reseed'", recovery, owner)
+    if has("missing"):
+        missing = p["missing"]
+        if not (isinstance(missing, str) and missing in MISSING):
+            raise interval_error("missing", "'error' or 'em'", missing, owner)
     if p.get("n_threads") is not None:
         check_int("n_threads", p["n_threads"], 1, owner=owner)
     if has("learning_decay"):

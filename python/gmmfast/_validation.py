@@ -268,6 +268,16 @@ def check_finite(X: np.ndarray, name: str = "X"):
         )
 
 
+def check_no_infinity(X: np.ndarray, name: str = "X"):
+    """scikit-learn's error for an infinity in X; NaN entries pass (missing values)."""
+    if X.size and not (np.isfinite(np.fmax.reduce(X, axis=None)) and np.isfinite(np.fmin.reduce(X, axis=None))):
+        rows = np.flatnonzero(np.isinf(X).any(axis=1))
+        if rows.size:
+            raise ValueError(
+                f"Input {name} contains infinity or a value too large for {X.dtype!r} (first at row {rows[0]})."
+            )
+
+
 def check_sample_weight(sample_weight, n_samples: int, dtype, allow_zero_sum=False) -> Optional[np.ndarray]:
     """scikit-learn's check_sample_weight, plus 'finite' and 'not all zero' (unless
     ``allow_zero_sum``: one part of distributed data may carry no weight)."""

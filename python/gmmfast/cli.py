@@ -122,7 +122,7 @@ def cmd_fit(args) -> int:
     # a .npy file is memory-mapped: its rows are read from the file as EM passes over
     # them (by the page cache, or block by block when streaming)
     X, names = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header,
-                         mmap=is_npy)
+                         mmap=is_npy, missing=args.missing == "em")
     if args.dtype and not streaming:
         X = X.astype(args.dtype)
     sw = None if args.weights is None else _load_weights(args.weights, X.shape[0], args)
@@ -147,6 +147,7 @@ def cmd_fit(args) -> int:
         n_threads=args.threads,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
+        missing=args.missing,
     )
     start = perf_counter()
     block_rows = args.chunk_size or 10_000
@@ -225,7 +226,8 @@ def cmd_fit(args) -> int:
 
 def cmd_predict(args) -> int:
     model = _load_model(args.model)
-    X, _ = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header)
+    X, _ = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header,
+                     missing=model.missing == "em")
     _check_features(model, X, args.data, args.model)
     if args.proba:
         out, fmt = _quiet_feature_names(model.predict_proba, X), "%.10g"
@@ -242,7 +244,8 @@ def cmd_predict(args) -> int:
 
 def cmd_score(args) -> int:
     model = _load_model(args.model)
-    X, _ = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header)
+    X, _ = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header,
+                     missing=model.missing == "em")
     _check_features(model, X, args.data, args.model)
     sw = None if args.weights is None else _load_weights(args.weights, X.shape[0], args)
     ll = _quiet_feature_names(model.score, X, sample_weight=sw)
@@ -453,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the fit's state to FILE every --checkpoint-every iterations; run "
                         "the same command again after an interruption to resume (not with "
                         "--mini-batch; FILE is removed when the fit ends)")
+    p.add_argument("--missing", choices=("error", "em"), default="error",
+                   help="em: empty cells and NaN are missing values, fitted by exact EM "
+                        "(a model fitted so also predicts and scores rows with missing values); "
+                        "default: an error")
     p.add_argument("--checkpoint-every", type=_positive_int, default=10, metavar="N",
                    help="iterations between checkpoints (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")

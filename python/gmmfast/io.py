@@ -62,6 +62,7 @@ _SCALAR_PARAMS = (
     "n_threads",
     "learning_decay",
     "learning_offset",
+    "missing",
 )
 # An upper bound on what a model file may declare, so that a malicious header cannot
 # make load() allocate without limit before the checks run.
@@ -121,7 +122,13 @@ def save_model(model: FittedModel, path) -> None:
         "format_version": FORMAT_VERSION,
         "gmmfast_version": _core.__version__,
         "dtype": str(to_numpy(model.means).dtype),
-        "params": {k: _json_scalar(model.params.get(k, PARAM_DEFAULTS[k])) for k in _SCALAR_PARAMS},
+        # 'missing' (newer than format version 1) only when set, so that files of models
+        # without it stay readable by gmmfast versions that do not know it
+        "params": {
+            k: _json_scalar(model.params.get(k, PARAM_DEFAULTS[k]))
+            for k in _SCALAR_PARAMS
+            if k != "missing" or model.params.get(k, PARAM_DEFAULTS[k]) != PARAM_DEFAULTS[k]
+        },
         "n_features_in": int(model.n_features_in),
         "feature_names_in": (
             [str(n) for n in model.feature_names_in] if model.feature_names_in is not None else None

@@ -118,6 +118,21 @@ class GaussianMixture(MixtureEstimator):
         not by online EM. Give each fit its own path (a clone shares it).
     checkpoint_every : int >= 1, default=10
         Iterations between checkpoints.
+    missing : {'error', 'em'}, default='error'
+        What a NaN in X means. 'error': scikit-learn's ValueError. 'em': a missing
+        entry (missing at random), fitted by exact EM over the observed-data likelihood
+        (Ghahramani & Jordan 1994): each row's E-step uses its observed entries (the
+        marginal of each component), the M-step the conditional expectations of the
+        missing entries and their conditional covariances. Rows are grouped by
+        missingness pattern (see docs/missing.md for the cost). Works with ``fit`` on
+        arrays in memory or memory-mapped, ``fit_chunks``, ``partial_fit`` and
+        ``fit_minibatch``, with sample_weight and every covariance_type;
+        ``score_samples``, ``score``, ``predict`` and ``predict_proba`` of rows with NaN
+        use the marginal over their observed entries, and :meth:`impute` fills NaN with
+        their conditional expectations. A row with every entry missing, a column
+        missing in every row, and an infinity are errors. Without NaN, the fit is exactly
+        that of missing='error'. NumPy data only (Dask arrays and tensors keep the NaN
+        error).
 
     Attributes
     ----------
@@ -161,6 +176,7 @@ class GaussianMixture(MixtureEstimator):
         learning_offset=10.0,
         checkpoint=None,
         checkpoint_every=10,
+        missing="error",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -182,6 +198,7 @@ class GaussianMixture(MixtureEstimator):
         self.learning_offset = learning_offset
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
+        self.missing = missing
 
     # ------------------------------------------------------------------ parameter checks
 
@@ -351,7 +368,7 @@ class GaussianMixture(MixtureEstimator):
         else:
             X, names = self._validate_fit_X(X, min_samples=1)
             features = (X.shape[1], names)
-            batch = ArraySource(X, self._fit_weights(X, sample_weight))
+            batch = self._rows_source(X, self._fit_weights(X, sample_weight), names)
             rs = check_random_state(self.random_state) if random_state is None else random_state
             online = driver.OnlineEM.from_data(settings, batch, rs, self._checked_inits(X.shape[1]))
         return online, batch, features
@@ -360,7 +377,7 @@ class GaussianMixture(MixtureEstimator):
         X = self._validate_X(X, features)
         if X.dtype != dtype:
             X = X.astype(dtype)
-        return ArraySource(X, check_sample_weight(to_numpy(sample_weight), X.shape[0], X.dtype))
+        return self._rows_source(X, check_sample_weight(to_numpy(sample_weight), X.shape[0], X.dtype))
 
     def _end_online(self, online, features, lower_bounds, converged):
         """Sets the fitted attributes of a successful online step or run together."""

@@ -281,11 +281,7 @@ class ChunkedSource(PartitionedData):
             w = _chunk_weights(w, X.shape[0], self.dtype, f"{name}[{i}]")
             if X.shape[0] == 0:
                 continue
-            row = _core.first_nonfinite_row(X)
-            if row >= 0:
-                what = "NaN" if np.isnan(X[row]).any() else "infinity or a value too large for " + repr(X.dtype)
-                raise ValueError(f"Input X contains {what} ({name}[{i}], row {row}; row {n + row} of the data).")
-            col_sum = np.sum(X, axis=0, dtype=np.float64) + (0.0 if col_sum is None else col_sum)
+            col_sum = self._scan_chunk(X, i, n) + (0.0 if col_sum is None else col_sum)
             if w is None:
                 n_rows += X.shape[0]
                 weight_sum += X.shape[0]
@@ -307,10 +303,27 @@ class ChunkedSource(PartitionedData):
         self.n_rows = n_rows
         self.weight_sum = weight_sum
         self.weighted = weighted
-        self.mean = col_sum / n
+        self.mean = self._column_means(col_sum, n)
         X_pool, w_pool, complete = reservoir.result()
-        self.pool = (X_pool, w_pool, w_pool, complete)
+        self.pool = (self._init_rows(X_pool), w_pool, w_pool, complete)
         self.max_part_rows = max_part
+
+    def _scan_chunk(self, X, i, offset):
+        """Checks the values of chunk i (rows from ``offset``); returns its float64
+        column sums (a subclass may return other per-column totals)."""
+        row = _core.first_nonfinite_row(X)
+        if row >= 0:
+            what = "NaN" if np.isnan(X[row]).any() else "infinity or a value too large for " + repr(X.dtype)
+            raise ValueError(f"Input X contains {what} ({self.name}[{i}], row {row}; row {offset + row} of the data).")
+        return np.sum(X, axis=0, dtype=np.float64)
+
+    def _column_means(self, totals, n):
+        """float64 column means from the summed ``_scan_chunk`` totals of n rows."""
+        return totals / n
+
+    def _init_rows(self, X):
+        """The rows the initialisation sees for rows X of the data (the data itself)."""
+        return X
 
     def _check_chunk(self, X, i):
         if X.shape[1] != self.n_features:
@@ -354,7 +367,7 @@ class ChunkedSource(PartitionedData):
         c = np.asarray(centres, dtype=self.dtype)
         return self._sum(
             lambda X, w, offset: label_stats_block(
-                X, w, c, covariance_type, n_threads, None if labels is None else labels[offset : offset + X.shape[0]]
+                self._init_rows(X), w, c, covariance_type, n_threads, None if labels is None else labels[offset : offset + X.shape[0]]
             )
         )
 
@@ -369,7 +382,7 @@ class ChunkedSource(PartitionedData):
             resp = rng.uniform(size=(X.shape[0], K)).astype(X.dtype)
             resp /= resp.sum(axis=1, keepdims=True)
             return ops.em_stats(
-                X, centres=c, resp=resp, sample_weight=w, n_threads=n_threads, **shape_only(K, D, covariance_type)
+                self._init_rows(X), centres=c, resp=resp, sample_weight=w, n_threads=n_threads, **shape_only(K, D, covariance_type)
             )
 
         return self._sum(block)
