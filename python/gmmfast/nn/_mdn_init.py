@@ -27,7 +27,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # the covariance type of gmmfast.GaussianMixture that fits each head form's components
@@ -123,7 +122,7 @@ def _fit_mixture(rows: Tensor, K: int, covariance: str, random_state: int, n_ini
     K_fit = min(K, n)
     gm = EMGaussianMixture(
         n_components=K_fit, covariance_type=covariance, reg_covar=1e-6 * scale, n_init=n_init,
-        max_iter=200, random_state=random_state, recovery="reseed",
+        tol=1e-6, max_iter=500, random_state=random_state, recovery="reseed",
     )
     gm.fit(X)
     w = torch.as_tensor(gm.weights_, dtype=torch.float64)
@@ -133,12 +132,23 @@ def _fit_mixture(rows: Tensor, K: int, covariance: str, random_state: int, n_ini
         reps = [i % K_fit for i in range(K)]
         w = w[reps] / w[reps].sum()
         mu, cov = mu[reps], cov[reps]
-    return w, mu, cov
+    return w, mu, cov, gm
+
+
+def _mode_offsets(res: Tensor, K: int, covariance: str, per_dim: bool, random_state: int, n_init: int) -> Tensor:
+    """Each row's expected component mean under a mixture fitted to the residuals res
+    (n, D): the mode it belongs to, to be removed before the trend is fitted again."""
+    cols = [res[:, d : d + 1] for d in range(res.shape[1])] if per_dim else [res]
+    out = []
+    for c in cols:
+        *_, gm = _fit_mixture(c, K, "diag" if per_dim else covariance, random_state, n_init)
+        out.append(torch.as_tensor(gm.predict_proba(c.numpy()) @ gm.means_, dtype=torch.float64))
+    return torch.cat(out, 1)
 
 
 def _component_biases(head, w: Tensor, mu: Tensor, cov: Tensor) -> Dict[str, Tensor]:
     """The head's raw outputs (per output block) that give the mixture (w, mu, cov)."""
-    K, D = head.num_components, head.out_features
+    D = head.out_features
     b = {"logits": torch.log(w.clamp_min(1e-12)), "means": mu.reshape(-1)}
     if head.covariance == "isotropic":
         b["sigma"] = inverse_sigma(head, cov.sqrt())
@@ -170,16 +180,15 @@ def _blocks(head) -> Dict[str, slice]:
 @torch.no_grad()
 def init_head(
     head, y, h=None, mask=None, weight_scale: float = 0.1, max_samples: int = 100_000,
-    random_state: int = 0, n_init: int = 1,
+    random_state: int = 0, n_init: int = 1, refine: int = 3,
 ) -> dict:
     """Set ``head``'s output layer so that every input predicts the mixture fitted to y.
 
     h: the head's input features for the same rows (optional). Without h the mixture is
     fitted to y and the input-dependent weights of every output are scaled by
     ``weight_scale``. With h the means first follow the least-squares linear prediction of
-    y from h (shared by every component), the mixture is fitted to the residuals, and
-    every raw output's spread over h is set to ``weight_scale`` (means: in units of the
-    residuals' standard deviation).
+    y from h (shared by every component), refitted ``refine`` times with each row's mode
+    taken out, and the mixture is fitted to the residuals.
 
     Returns a summary: the fitted weights, means and σ (as lists), and whether h was used.
     """
@@ -187,6 +196,8 @@ def init_head(
         raise ValueError(f"weight_scale must be a finite number >= 0, got {weight_scale!r}")
     if not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init must be a positive int, got {n_init!r}")
+    if not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"refine must be an int >= 0, got {refine!r}")
     K, D, F_in = head.num_components, head.out_features, head.in_features
     rows, hrows = collect_rows(y, D, mask, h, F_in, max_samples, random_state, min_rows=2)
     weight, bias = head.proj.weight, head.proj.bias
@@ -196,26 +207,37 @@ def init_head(
     target = rows
     if hrows is not None:
         hc = hrows - hrows.mean(0)
-        yc = rows - rows.mean(0)
         # ridge: 1e-3 of the features' mean variance (features are often nearly collinear)
         ridge = 1e-3 * float((hc * hc).sum(0).mean()) + 1e-300
-        A = torch.linalg.solve(hc.T @ hc + ridge * torch.eye(F_in, dtype=hc.dtype), hc.T @ yc).T  # (D, F_in)
+        gram = hc.T @ hc + ridge * torch.eye(F_in, dtype=hc.dtype)
+
+        def trend(t: Tensor) -> Tensor:  # (D, F_in): least squares of t on h, with an intercept
+            return torch.linalg.solve(gram, hc.T @ (t - t.mean(0))).T
+
+        A = trend(rows)
+        # the modes are noise to least squares: fit the residuals' mixture, take each row's
+        # mode out and fit the trend again (EM for a mixture of regressions sharing a slope)
+        for _ in range(refine):
+            offsets = _mode_offsets(rows - hrows @ A.T, K, _GMM_COVARIANCE.get(head.covariance, "diag"),
+                                    head.mixture == "per_dim", random_state, n_init)
+            A = trend(rows - offsets)
         target = rows - hrows @ A.T  # residuals, still carrying the intercept
     new_w = weight.detach().to(torch.float64).cpu().clone()
     new_b = bias.detach().to(torch.float64).cpu().clone()
     if head.mixture == "per_dim":
-        parts = [_fit_mixture(target[:, d : d + 1], K, "diag", random_state, n_init) for d in range(D)]
+        parts = [_fit_mixture(target[:, d : d + 1], K, "diag", random_state, n_init)[:3] for d in range(D)]
         w = torch.stack([p[0] for p in parts])  # (D, K)
         mu = torch.stack([p[1][:, 0] for p in parts])
         sd = torch.stack([p[2][:, 0].sqrt() for p in parts])
         biases = {"logits": torch.log(w.clamp_min(1e-12)).reshape(-1), "means": mu.reshape(-1),
                   "sigma": inverse_sigma(head, sd).reshape(-1)}
-        summary = {"weights": w.tolist(), "means": mu.tolist(), "sigma": sd.tolist()}
+        summary = {"weights": w.tolist(), "means": mu.tolist(), "sigma": sd.tolist(), "covariance_type": "diag"}
     else:
-        w, mu, cov = _fit_mixture(target, K, _GMM_COVARIANCE[head.covariance], random_state, n_init)
+        w, mu, cov, _ = _fit_mixture(target, K, _GMM_COVARIANCE[head.covariance], random_state, n_init)
         biases = _component_biases(head, w, mu, cov)
         sig = cov.sqrt() if head.covariance == "isotropic" else torch.diagonal(cov, dim1=-2, dim2=-1).sqrt()
-        summary = {"weights": w.tolist(), "means": mu.tolist(), "sigma": sig.tolist()}
+        summary = {"weights": w.tolist(), "means": mu.tolist(), "sigma": sig.tolist(), "covariances": cov.tolist(),
+                   "covariance_type": _GMM_COVARIANCE[head.covariance]}
     # the unit of the means' input-dependent weights: the components' typical σ per feature
     # (weight-averaged), so that the perturbation costs about weight_scale²/2 nats
     sig_t = torch.as_tensor(summary["sigma"], dtype=torch.float64)
@@ -268,7 +290,7 @@ def _output_index(head, block: str, k: int, d: Optional[int] = None) -> List[int
     """Rows of head.proj for component k's outputs in ``block`` (all its features, or
     feature d)."""
     sl = _blocks(head)[block]
-    K, D = head.num_components, head.out_features
+    K = head.num_components
     if head.mixture == "per_dim":  # (D, K) blocks, d-major
         return [sl.start + d * K + k]
     n = sl.stop - sl.start

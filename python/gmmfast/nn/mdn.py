@@ -286,7 +286,7 @@ class MDNHead(nn.Module):
     # ---------------------------------------------------------------- training aids
     def init_from_targets(
         self, y, h: Optional[Tensor] = None, mask=None, *, weight_scale: float = 0.1,
-        max_samples: int = 100_000, random_state: int = 0, n_init: int = 1,
+        max_samples: int = 100_000, random_state: int = 0, n_init: int = 1, refine: int = 3,
     ) -> dict:
         """Start the head at the mixture of its training targets (Bishop 1994).
 
@@ -303,11 +303,13 @@ class MDNHead(nn.Module):
         spread, or far from 0 / of a scale far from 1.
 
         h: the head's input features for the same rows (optional). Then every
-        component's mean first follows the least-squares linear prediction of y from h,
-        the mixture is fitted to the residuals, and each output's spread over h is
-        scaled to ``weight_scale``. Use it when the targets follow the input (the next
-        step of a walk, a residual around a trend): there the modes are those of the
-        residuals, not of y.
+        component's mean follows the least-squares linear prediction of y from h, refitted
+        ``refine`` times with each row's mode taken out (the modes are noise to least
+        squares), and the mixture is fitted to the residuals. Use it when the targets
+        follow the input (the next step of a walk, a residual around a trend): there the
+        modes are those of the residuals, not of y. The start is as good as a linear
+        function of h can predict y: for a recurrent network, use ``skip=True`` so that h
+        contains the input itself.
 
         The extra heads keep their initialisation. Returns what was fitted (weights,
         means, σ, the number of rows used). Call it before creating the optimizer, or
@@ -316,7 +318,7 @@ class MDNHead(nn.Module):
         from ._mdn_init import init_head
 
         return init_head(self, y, h=h, mask=mask, weight_scale=weight_scale, max_samples=max_samples,
-                         random_state=random_state, n_init=n_init)
+                         random_state=random_state, n_init=n_init, refine=refine)
 
     def revive_dead_components(self, h: Tensor, y, mask=None, min_weight: float = 1e-3, optimizer=None) -> list:
         """Restart every component whose mean responsibility for (h, y) is below
