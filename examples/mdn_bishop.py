@@ -39,7 +39,7 @@ from gmmfast.nn import MDNHead
 
 # the shared JSON writer beside this script (also when a test loads the script by path)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _results import run_and_record  # noqa: E402
 
 
 def make_data(n: int, rng: np.random.Generator):
@@ -162,15 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="examples/figures/bishop.png", help="figure path ('' for none)")
     p.add_argument("--json", default="examples/results/mdn_bishop.json", help="results path ('' for none)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     kw = dict(steps=300 if a.quick else a.steps, n_test=2000 if a.quick else 5000, seed=a.seed, out=a.out or None,
               init=not a.no_init)
-    t0 = time.perf_counter()
-    res = run(**kw)
-    if a.json:
-        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
+    res = run_and_record(a, __file__, run, kw)
     return 0 if res["gap_nats"] > 0.5 else 1
 
 

@@ -54,7 +54,7 @@ import torch
 # the shared JSON writer beside this script (also when a test loads the script by path)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _baselines import choose_ar, fit_series, step_nll  # noqa: E402
-from _results import write_results  # noqa: E402
+from _results import run_and_record  # noqa: E402
 
 TRAIN_END, VALID_END = 1921, 1956  # first year of validation, first year of test
 AR_NAME = "linear AR(p), least squares"
@@ -242,17 +242,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="examples/figures/forecast.png", help="figure path ('' for none)")
     p.add_argument("--json", default="examples/results/mdn_forecast.json", help="results path ('' for none)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     if a.quick:
         kw = dict(steps=60, seeds=1, out=a.out or None, n_paths=50)
     else:
         kw = dict(steps=a.steps, seeds=a.seeds, out=a.out or None)
-    t0 = time.perf_counter()
-    res = run(**kw)
-    if a.json:
-        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
+    run_and_record(a, __file__, run, kw)
     return 0
 
 

@@ -44,7 +44,7 @@ from gmmfast.datasets import load_old_faithful
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _baselines import choose_ar, fit_series, step_nll  # noqa: E402
-from _results import write_results  # noqa: E402
+from _results import run_and_record  # noqa: E402
 
 AR_NAME = "linear AR(p), least squares"
 
@@ -145,14 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="examples/figures/geyser.png", help="figure path ('' for none)")
     p.add_argument("--json", default="examples/results/mdn_geyser.json", help="results path ('' for none)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     kw = dict(steps=60 if a.quick else a.steps, seeds=1 if a.quick else a.seeds, out=a.out or None)
-    t0 = time.perf_counter()
-    res = run(**kw)
-    if a.json:
-        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
+    run_and_record(a, __file__, run, kw)
     return 0
 
 

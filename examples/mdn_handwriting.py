@@ -46,7 +46,7 @@ from gmmfast.nn import MDNRNN
 # the shared JSON writer beside this script (also when a test loads the script by path)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _baselines import choose_ar  # noqa: E402
-from _results import write_results  # noqa: E402
+from _results import run_and_record  # noqa: E402
 
 # letter shapes on a baseline: x = w·t/2π + b·sin t, y = h (1 - cos t)/2, t in [0, 2π]
 # (a trochoid: up to the right, back to the left over the top when b > w/2π, which makes
@@ -251,17 +251,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="examples/figures/handwriting.png", help="figure path ('' for none)")
     p.add_argument("--json", default="examples/results/mdn_handwriting.json", help="results path ('' for none)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     if a.quick:
         kw = dict(iters=40, hidden=32, K=5, batch_size=16, n_train=200, quick=True, seed=a.seed, out=a.out or None)
     else:
         kw = dict(iters=a.iters, hidden=a.hidden, seed=a.seed, out=a.out or None)
-    t0 = time.perf_counter()
-    res = run(**kw)
-    if a.json:
-        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
+    run_and_record(a, __file__, run, kw)
     return 0
 
 

@@ -17,6 +17,12 @@ Example
 >>> loss.backward()
 >>> head(h).mixture.sample().shape     # one draw per row
 torch.Size([32, 2])
+
+Training that finds every mode: start the head at the mixture of its training targets
+(Bishop 1994) before creating the optimizer, ``head.init_from_targets(y_train)``; for a
+recurrent network whose next step follows its input, ``MDNRNN(..., skip=True)`` and
+``rnn.init_from_targets(y, x=x)``; during training, ``revive_dead_components`` restarts
+components that no longer explain any target. The helpers live in ``_mdn_init.py``.
 """
 
 from __future__ import annotations
