@@ -38,7 +38,8 @@ Problems and goals (issue 21):
   overfits after a few hundred steps). Goal: held-out NLL no worse than default. K=1 (a
   single Gaussian) beside it.
 
-    python bench/bench_mdn_training.py                    # ≈ 10 minutes on one core
+    python bench/bench_mdn_training.py                    # ≈ 10 min on a quiet core (26 min under load)
+    python bench/bench_mdn_training.py --problems walk --update   # re-run one problem into the JSON
     python bench/bench_mdn_training.py --quick            # a smoke test (seconds)
     python bench/bench_mdn_training.py --problems const,walk --json out.json
 
