@@ -33,3 +33,21 @@ def write_results(path, script, args, results, elapsed, run=None, run_kwargs=Non
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def run_and_record(args, script, run, run_kwargs) -> dict:
+    """A demo's main(): torch threads from ``args.threads``, the figure's folder made when
+    ``args.out`` is set, ``run(**run_kwargs)`` timed, its results written to ``args.json``
+    (unless empty). Returns the results."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.out:
+        pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = run(**run_kwargs)
+    if args.json:
+        write_results(args.json, script, args, res, time.perf_counter() - t0, run=run, run_kwargs=run_kwargs)
+    return res

@@ -15,8 +15,12 @@ script samples new lines at several temperatures (logits/τ, σ·√τ) and with
 and draws them under a few training lines.
 
 Printed: held-out negative log-likelihood per point (offsets in units of their standard
-deviation, plus the pen-lift term) before and after training, and the pen-lift rate of
-training data vs samples.
+deviation, plus the pen-lift term) before and after training, beside the obvious
+baselines: the same RNN with a single correlated Gaussian (K=1), and a least-squares
+linear AR(p) of the offsets (p chosen on validation lines, full-covariance Gaussian
+residual) with the training pen-lift frequency; and the pen-lift rate of training data vs
+samples. Both networks start at the mixture of the training offsets
+(``MDNRNN.init_from_targets``).
 
     python examples/mdn_handwriting.py            # ≈ 2 min of CPU (one thread)
     python examples/mdn_handwriting.py --quick    # the test-suite version
@@ -29,6 +33,7 @@ by default.
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import sys
 import time
@@ -40,7 +45,8 @@ from gmmfast.nn import MDNRNN
 
 # the shared JSON writer beside this script (also when a test loads the script by path)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _baselines import choose_ar  # noqa: E402
+from _results import run_and_record  # noqa: E402
 
 # letter shapes on a baseline: x = w·t/2π + b·sin t, y = h (1 - cos t)/2, t in [0, 2π]
 # (a trochoid: up to the right, back to the left over the top when b > w/2π, which makes
@@ -123,16 +129,14 @@ def offsets_to_strokes(seq: np.ndarray):
     return [s for s in strokes if len(s) > 1]
 
 
-def run(iters=1500, hidden=128, K=10, batch_size=32, n_train=2000, quick=False, seed=0, out=None,
-        temperatures=(0.1, 0.4, 0.7, 1.0), verbose=True) -> dict:
+def train_model(K, train, scale, xt, yt, et, mt, iters, hidden, batch_size, seed, verbose):
+    """An MDN-RNN with K correlated components, started at the mixture of the training
+    offsets (init_from_targets), trained on random batches; (model, NLL before, after, s)."""
     torch.manual_seed(seed)
-    kw = dict(points_per_letter=8, n_words=(1, 2), letters=(2, 3)) if quick else {}
-    train = make_dataset(n_train, seed, **kw)
-    test = make_dataset(256 if not quick else 64, seed + 1000, **kw)
-    scale = float(np.concatenate([s[:, :2] for s in train]).std())
-    xt, yt, et, mt = batch(test, scale)
     model = MDNRNN(3, hidden, 2, K, cell="lstm", covariance="correlated2d", extra_heads={"eos": "bernoulli"},
                    min_sigma=1e-3)
+    _, y0, _, m0 = batch(train[:500], scale)
+    model.init_from_targets(y0, mask=m0, random_state=seed)  # the offsets' mixture, for every input
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters, eta_min=3e-4)
 
@@ -141,7 +145,7 @@ def run(iters=1500, hidden=128, K=10, batch_size=32, n_train=2000, quick=False, 
         with torch.no_grad():
             return float(model.nll(xt, yt, mask=mt, targets={"eos": et}))
 
-    res = {"test_nll_before": test_nll()}
+    before = test_nll()
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     model.train()
@@ -155,13 +159,42 @@ def run(iters=1500, hidden=128, K=10, batch_size=32, n_train=2000, quick=False, 
         opt.step()
         sched.step()
         if verbose and (it + 1) % max(1, iters // 10) == 0:
-            print(f"  step {it + 1}/{iters}: train NLL {loss.item():.3f} nats/point", flush=True)
-    res["train_seconds"] = time.perf_counter() - t0
-    res["test_nll_after"] = test_nll()
+            print(f"  K={K} step {it + 1}/{iters}: train NLL {loss.item():.3f} nats/point", flush=True)
+    return model, before, test_nll(), time.perf_counter() - t0
+
+
+def ar_baseline(train, valid, test, scale, et, mt) -> dict:
+    """Least-squares AR(p) on the offsets (full-covariance Gaussian residual, p on the
+    validation lines) plus the training pen-lift frequency as the end-of-stroke model."""
+    seqs = lambda lines: [(s[:, :2] / scale, 1) for s in lines]  # noqa: E731
+    ar = choose_ar(seqs(train), seqs(valid), seqs(test), max_p=8)
+    rate = float(np.mean(np.concatenate([s[1:, 2] for s in train])))
+    e = et[mt].double()
+    eos_nll = float(-(e * math.log(rate) + (1 - e) * math.log(1 - rate)).mean())
+    return {"p": ar["p"], "offsets_nll": ar["test_nll_per_step"], "eos_nll": eos_nll,
+            "test_nll": ar["test_nll_per_step"] + eos_nll, "valid_nll_by_p": ar["valid_nll_by_p"]}
+
+
+def run(iters=1500, hidden=128, K=10, batch_size=32, n_train=2000, quick=False, seed=0, out=None,
+        temperatures=(0.1, 0.4, 0.7, 1.0), verbose=True) -> dict:
+    torch.manual_seed(seed)
+    kw = dict(points_per_letter=8, n_words=(1, 2), letters=(2, 3)) if quick else {}
+    train = make_dataset(n_train, seed, **kw)
+    valid = make_dataset(256 if not quick else 64, seed + 2000, **kw)
+    test = make_dataset(256 if not quick else 64, seed + 1000, **kw)
+    scale = float(np.concatenate([s[:, :2] for s in train]).std())
+    xt, yt, et, mt = batch(test, scale)
+    model, before, after, secs = train_model(K, train, scale, xt, yt, et, mt, iters, hidden, batch_size, seed, verbose)
+    res = {"test_nll_before": before, "test_nll_after": after, "train_seconds": secs}
     res["pen_lift_rate_data"] = float(et[mt].mean())
+    _, _, g_after, g_secs = train_model(1, train, scale, xt, yt, et, mt, iters, hidden, batch_size, seed, verbose)
+    res["single_gaussian_rnn"] = {"test_nll": g_after, "train_seconds": g_secs}
+    res["linear_ar"] = ar_baseline(train, valid, test, scale, et, mt)
     if verbose:
         print(f"held-out NLL per point: {res['test_nll_before']:.3f} before training, "
-              f"{res['test_nll_after']:.3f} after ({res['train_seconds']:.0f} s)")
+              f"{res['test_nll_after']:.3f} after ({res['train_seconds']:.0f} s); the same RNN with one "
+              f"Gaussian (K=1): {g_after:.3f}; linear AR({res['linear_ar']['p']}) + constant pen-lift rate: "
+              f"{res['linear_ar']['test_nll']:.3f}")
     # samples
     steps = int(np.mean([len(s) for s in train]))
     torch.manual_seed(seed + 1)
@@ -218,17 +251,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="examples/figures/handwriting.png", help="figure path ('' for none)")
     p.add_argument("--json", default="examples/results/mdn_handwriting.json", help="results path ('' for none)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     if a.quick:
         kw = dict(iters=40, hidden=32, K=5, batch_size=16, n_train=200, quick=True, seed=a.seed, out=a.out or None)
     else:
         kw = dict(iters=a.iters, hidden=a.hidden, seed=a.seed, out=a.out or None)
-    t0 = time.perf_counter()
-    res = run(**kw)
-    if a.json:
-        write_results(a.json, __file__, a, res, time.perf_counter() - t0, run=run, run_kwargs=kw)
+    run_and_record(a, __file__, run, kw)
     return 0
 
 

@@ -17,6 +17,12 @@ Example
 >>> loss.backward()
 >>> head(h).mixture.sample().shape     # one draw per row
 torch.Size([32, 2])
+
+Training that finds every mode: start the head at the mixture of its training targets
+(Bishop 1994) before creating the optimizer, ``head.init_from_targets(y_train)``; for a
+recurrent network whose next step follows its input, ``MDNRNN(..., skip=True)`` and
+``rnn.init_from_targets(y, x=x)``; during training, ``revive_dead_components`` restarts
+components that no longer explain any target. The helpers live in ``_mdn_init.py``.
 """
 
 from __future__ import annotations
@@ -174,6 +180,11 @@ class MDNHead(nn.Module):
         self._sizes += [(f"extra:{name}", n) for name, (_, n) in self.heads.items()]
         self.n_outputs = sum(n for _, n in self._sizes)
         self.proj = nn.Linear(in_features, self.n_outputs)
+        # a fixed per-output factor on proj's outputs (ones unless init_from_targets sets it):
+        # the means are learnt in units of the components' σ, so that an optimizer step of a
+        # given size moves a mean by a fraction of σ whatever the targets' scale
+        self.register_buffer("output_scale", torch.ones(self.n_outputs))
+        self.register_load_state_dict_pre_hook(_default_output_scale)
         if covariance == "full" and D > 1:
             rows, cols = torch.tril_indices(D, D, offset=-1)
             self.register_buffer("_tril_flat", rows * D + cols, persistent=False)
@@ -198,7 +209,7 @@ class MDNHead(nn.Module):
     def forward(self, h: Tensor) -> MDNOutput:
         if h.dim() < 1 or h.shape[-1] != self.in_features:
             raise ValueError(f"expected input of shape (..., {self.in_features}), got {tuple(h.shape)}")
-        out = self.proj(h)
+        out = self.proj(h) * self.output_scale
         batch = tuple(h.shape[:-1])
         parts = dict(zip([n for n, _ in self._sizes], out.split([s for _, s in self._sizes], dim=-1)))
         K, D = self.num_components, self.out_features
@@ -278,6 +289,59 @@ class MDNHead(nn.Module):
         """``loss(self(h), y, mask, targets, reduction)``."""
         return self.loss(self(h), y, mask=mask, targets=targets, reduction=reduction)
 
+    # ---------------------------------------------------------------- training aids
+    def init_from_targets(
+        self, y, h: Optional[Tensor] = None, mask=None, *, weight_scale: float = 0.1,
+        max_samples: int = 100_000, random_state: int = 0, n_init: int = 1, refine: int = 3,
+    ) -> dict:
+        """Start the head at the mixture of its training targets (Bishop 1994).
+
+        Fits :class:`gmmfast.GaussianMixture` (K components, the head's covariance form;
+        one 1-D mixture per feature for ``mixture="per_dim"``) to the targets ``y``
+        (..., out_features) (the rows that ``mask`` keeps; a seeded random subset of at
+        most ``max_samples``) and sets the output layer so that every input predicts that
+        mixture: the biases give its weights, means and σ (through ``sigma_activation``
+        and ``min_sigma``), and the input-dependent weights are scaled by
+        ``weight_scale`` (means: in units of the targets' standard deviation). Training
+        then starts with a component on every mode of the data instead of K copies of a
+        broad Gaussian near 0, where gradient descent tends to merge components or let
+        them die. It helps most when the targets' modes are far apart relative to their
+        spread, or far from 0 / of a scale far from 1.
+
+        h: the head's input features for the same rows (optional). Then every
+        component's mean follows the least-squares linear prediction of y from h, refitted
+        ``refine`` times with each row's mode taken out (the modes are noise to least
+        squares), and the mixture is fitted to the residuals. Use it when the targets
+        follow the input (the next step of a walk, a residual around a trend): there the
+        modes are those of the residuals, not of y. The start is as good as a linear
+        function of h can predict y: for a recurrent network, use ``skip=True`` so that h
+        contains the input itself.
+
+        The extra heads keep their initialisation. Returns what was fitted (weights,
+        means, σ, the number of rows used). Call it before creating the optimizer, or
+        reset the optimizer's state afterwards.
+        """
+        from ._mdn_init import init_head
+
+        return init_head(self, y, h=h, mask=mask, weight_scale=weight_scale, max_samples=max_samples,
+                         random_state=random_state, n_init=n_init, refine=refine)
+
+    def revive_dead_components(self, h: Tensor, y, mask=None, min_weight: float = 1e-3, optimizer=None) -> list:
+        """Restart every component whose mean responsibility for (h, y) is below
+        ``min_weight`` (a component that has died: gradient descent does not bring it back).
+
+        The dead component splits the component that best explains the target the
+        mixture explains worst: it copies its parent's weights, its mean moves onto that
+        target, and the two share the parent's mixture weight, so the rest of the mixture
+        is unchanged. EM's ``recovery="reseed"`` for a training loop: call it every few
+        hundred steps on a batch. ``optimizer``: its per-parameter state (e.g. Adam's
+        moments) for the rewritten outputs is zeroed. Returns the revived components
+        (indices; (feature, index) pairs for ``mixture="per_dim"``).
+        """
+        from ._mdn_init import revive_dead
+
+        return revive_dead(self, h, y, mask=mask, min_weight=min_weight, optimizer=optimizer)
+
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(
@@ -326,6 +390,13 @@ class MDNHead(nn.Module):
         return self.out_features + sum(n for _, n in self.heads.values())
 
 
+def _default_output_scale(module, state_dict, prefix, *args) -> None:
+    """State dicts saved before ``output_scale`` existed load with the scale of ones."""
+    key = prefix + "output_scale"
+    if key not in state_dict and prefix + "proj.weight" in state_dict:
+        state_dict[key] = torch.ones_like(module.output_scale)
+
+
 class MDNRNN(nn.Module):
     """A recurrent network (LSTM or GRU) whose per-step output is a Gaussian mixture.
 
@@ -338,6 +409,10 @@ class MDNRNN(nn.Module):
     num_layers : stacked recurrent layers.
     dropout : dropout between the recurrent layers and on the last layer's output.
     batch_first : (B, T, features) tensors (default) or (T, B, features).
+    skip : feed the input x to the head beside the recurrent features (the
+        input-to-output skip connection of Graves 2013, §2): a target that is the input
+        plus a multimodal step (a walk, a pen trajectory in absolute coordinates) is then
+        a linear function of the head's input plus the mixture.
     covariance, mixture, sigma_activation, min_sigma, max_correlation, extra_heads,
     backend : the :class:`MDNHead`'s.
 
@@ -361,6 +436,7 @@ class MDNRNN(nn.Module):
         extra_heads: Optional[Mapping[str, HeadSpec]] = None,
         batch_first: bool = True,
         backend: str = "auto",
+        skip: bool = False,
     ):
         super().__init__()
         if cell not in ("lstm", "gru"):
@@ -370,7 +446,7 @@ class MDNRNN(nn.Module):
         if not (0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         rnn_cls = nn.LSTM if cell == "lstm" else nn.GRU
-        self.cell, self.batch_first = cell, batch_first
+        self.cell, self.batch_first, self.skip = cell, batch_first, bool(skip)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.rnn = rnn_cls(
             input_size, hidden_size, num_layers=num_layers, batch_first=batch_first,
@@ -378,7 +454,7 @@ class MDNRNN(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.head = MDNHead(
-            hidden_size, out_features, num_components, covariance=covariance, mixture=mixture,
+            hidden_size + (input_size if skip else 0), out_features, num_components, covariance=covariance, mixture=mixture,
             sigma_activation=sigma_activation, min_sigma=min_sigma, max_correlation=max_correlation,
             extra_heads=extra_heads, backend=backend,
         )
@@ -388,7 +464,8 @@ class MDNRNN(nn.Module):
             layout = "(batch, time, input_size)" if self.batch_first else "(time, batch, input_size)"
             raise ValueError(f"x must have shape {layout} with input_size = {self.input_size}, got {tuple(x.shape)}")
         h, state = self.rnn(x, state)
-        return self.head(self.dropout(h)), state
+        h = self.dropout(h)
+        return self.head(torch.cat([h, x], -1) if self.skip else h), state
 
     def nll(
         self,
@@ -404,6 +481,39 @@ class MDNRNN(nn.Module):
         sequences. Mean per kept step by default (see :meth:`MDNHead.loss`)."""
         out, _ = self(x, state)
         return self.head.loss(out, y, mask=mask, targets=targets, reduction=reduction)
+
+    @torch.no_grad()
+    def features(self, x: Tensor, state=None) -> Tensor:
+        """The head's inputs for x: the last recurrent layer's outputs (dropout off), then x
+        itself with ``skip=True``."""
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have shape (batch, time, input_size) with input_size = {self.input_size} "
+                             f"(time-major without batch_first), got {tuple(x.shape)}")
+        was_training = self.training
+        self.eval()  # no dropout between the recurrent layers
+        try:
+            h = self.rnn(x, state)[0]
+            return torch.cat([h, x], -1) if self.skip else h
+        finally:
+            self.train(was_training)
+
+    def init_from_targets(self, y, x: Optional[Tensor] = None, mask=None, **kwargs) -> dict:
+        """:meth:`MDNHead.init_from_targets` for the recurrent network: y (B, T, D).
+
+        With the inputs x (B, T, input_size) the head's features at initialisation are
+        computed and the components' means follow the least-squares linear prediction of
+        y from them, with the mixture fitted to the residuals (the ``h=`` form): what a
+        sequence whose next step depends on the past needs (for a walk, the modes are
+        those of the steps, not of the positions). Without x: the unconditional mixture of
+        y. Keywords: those of :meth:`MDNHead.init_from_targets`.
+        """
+        h = None if x is None else self.features(x)
+        return self.head.init_from_targets(y, h=h, mask=mask, **kwargs)
+
+    def revive_dead_components(self, x: Tensor, y, mask=None, min_weight: float = 1e-3, optimizer=None) -> list:
+        """:meth:`MDNHead.revive_dead_components` on the features of x (B, T, input_size)."""
+        return self.head.revive_dead_components(self.features(x), y, mask=mask, min_weight=min_weight,
+                                                optimizer=optimizer)
 
     @torch.no_grad()
     def generate(
