@@ -77,6 +77,15 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     def _reset_online(self):
         """A batch fit ends online EM (a subclass with online EM drops its state)."""
 
+    def _model(self, source, settings):
+        """What the EM driver estimates (None: maximum likelihood, GaussianMixture's;
+        the Bayesian mixture gives its variational model)."""
+        return None
+
+    def _fitted_attributes(self, source, params) -> dict:
+        """The fitted arrays of the driver's result (set together by _set_attributes)."""
+        return source.attributes(params)
+
     # ------------------------------------------------------------------ input checks
 
     def _validate_fit_X(self, X, min_samples: int = 1):
@@ -138,8 +147,15 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     def __sklearn_is_fitted__(self):
         return hasattr(self, "means_")
 
+    def _given_inits(self) -> tuple:
+        """(weights_init, means_init, precisions_init) as given (None for an estimator
+        without them)."""
+        return tuple(getattr(self, name, None) for name in ("weights_init", "means_init", "precisions_init"))
+
     def _checked_inits(self, n_features):
         K, t = self.n_components, self.covariance_type
+        if all(v is None for v in self._given_inits()):
+            return None, None, None
         return (
             None if self.weights_init is None else check_weights_init(self.weights_init, K),
             None if self.means_init is None else check_means_init(self.means_init, K, n_features),
@@ -192,10 +208,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             from . import dask as dask_api
             from .sources.dask import DaskSource
 
-            initialise = not (
-                self._warm()
-                or (self.weights_init is not None and self.means_init is not None and self.precisions_init is not None)
-            )
+            initialise = not (self._warm() or all(v is not None for v in self._given_inits()))
             source = DaskSource(
                 X, sample_weight, settings, check_random_state(self.random_state), initialise, candidates_per_block,
                 max_block_retries=dask_api.max_block_retries, recompute_timeout=dask_api.recompute_timeout,
@@ -278,15 +291,17 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             warm = WarmStart(self._fitted_params(), self.lower_bound_, getattr(self, "reg_covar_", self.reg_covar))
         inits = self._checked_inits(source.n_features)
         random_state = check_random_state(self.random_state)
-        checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint, self.checkpoint_every)
+        path = getattr(self, "checkpoint", None)
+        checkpoint = None if path is None else Checkpoint(path, self.checkpoint_every)
         result = driver.fit(
-            settings, source, random_state, inits, warm_start=warm, monitor=self._monitor(), checkpoint=checkpoint
+            settings, source, random_state, inits, warm_start=warm, monitor=self._monitor(), checkpoint=checkpoint,
+            model=self._model(source, settings),
         )
         # the fitted attributes, all at once: an interrupted or failed fit leaves the
         # estimator as it was
         self._reset_online()  # a new fit ends online EM
         self._set_features(source.n_features, names)
-        self._set_attributes(source.attributes(result.params))
+        self._set_attributes(self._fitted_attributes(source, result.params))
         self.converged_ = result.converged
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.lower_bound
