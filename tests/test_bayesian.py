@@ -303,3 +303,34 @@ def test_params_are_sklearns():
     theirs = SkBGM().get_params()
     assert {k: ours[k] for k in theirs} == theirs
     assert set(ours) - set(theirs) == {"n_threads", "checkpoint", "checkpoint_every"}
+
+
+def test_checkpoint_resume_and_other_priors_refused(iris, tmp_path):
+    """An interrupted fit resumes from its checkpoint and ends with the uninterrupted
+    fit's posterior, bit for bit; a fit with other priors refuses the checkpoint."""
+    from gmmfast._checkpoint import CheckpointError
+
+    kw = dict(n_components=4, random_state=0, tol=1e-8, max_iter=40, n_init=2, n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = BGM(**kw).fit(iris)
+        ckpt = tmp_path / "fit.ckpt"
+        interrupted = BGM(**kw, checkpoint=ckpt, checkpoint_every=3)
+        calls = []
+
+        def stop(n_iter, lower_bound, change):
+            calls.append(n_iter)
+            if calls.count(1) == 2 and n_iter == 7:
+                raise KeyboardInterrupt
+
+        interrupted._on_iteration = stop
+        with pytest.raises(KeyboardInterrupt):
+            interrupted.fit(iris)
+        assert ckpt.exists()
+        with pytest.raises(CheckpointError, match="model"):
+            BGM(**kw, checkpoint=ckpt, checkpoint_every=3, mean_precision_prior=2.0).fit(iris)
+        resumed = BGM(**kw, checkpoint=ckpt, checkpoint_every=3).fit(iris)
+    assert not ckpt.exists()
+    for name in FITTED + ("lower_bound_", "lower_bounds_", "n_iter_"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(want, name), err_msg=name)
+    np.testing.assert_array_equal(np.stack(resumed.weight_concentration_), np.stack(want.weight_concentration_))

@@ -205,7 +205,10 @@ class MaximumLikelihood:
       weight_sum, restarted)``;
     - ``lower_bound(contribution, weight_sum)``: the iteration's lower bound from the
       summed contributions of its batches, on which convergence (a change below tol)
-      is tested.
+      is tested;
+    - ``params_type`` (the class of its parameters, for checkpoints), ``op`` (its name
+      in memory errors) and optionally ``fingerprint()`` (what else than the settings
+      and the data a checkpoint must agree on).
 
     Maximum likelihood keeps the mixture on the source's device and its lower bound is
     the mean log-likelihood. :class:`gmmfast._variational.VariationalModel` (the
@@ -213,6 +216,7 @@ class MaximumLikelihood:
     """
 
     op = "GaussianMixture.fit"
+    params_type = MixtureParams
 
     def initial_params(self, settings, source, random_state, inits, state):
         return initial_params(settings, source, random_state, inits, state)
@@ -375,10 +379,12 @@ def fit(
     first_init, resumed, stamp = 0, None, None
     if checkpoint is not None:
         stamp = fingerprint(settings, source, warm_start, inits)
+        if hasattr(model, "fingerprint"):
+            stamp["model"] = model.fingerprint()
 
         def load():
             try:
-                return checkpoint.load(stamp), None
+                return checkpoint.load(stamp, model.params_type), None
             except CheckpointError as exc:
                 return None, str(exc)
 

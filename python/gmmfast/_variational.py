@@ -303,6 +303,7 @@ class VariationalModel:
     lower bound is scikit-learn's total."""
 
     op = "BayesianGaussianMixture.fit"
+    params_type = VariationalParams
 
     def __init__(self, priors, covariance_type: str, n_components: int, dtype):
         # ``priors``: the Priors, or a function giving them (called once, when the fit
@@ -347,6 +348,20 @@ class VariationalModel:
 
     def lower_bound(self, contribution: float, weight: float) -> float:
         return contribution  # a total, as scikit-learn's
+
+    def fingerprint(self) -> dict:
+        """The resolved priors, exactly: a checkpoint of a fit with other priors is
+        another fit's."""
+        pr = self.priors
+
+        def exact(v):
+            return [float(x).hex() for x in np.ravel(v)]
+
+        return {
+            "prior_type": pr.weight_concentration_prior_type,
+            **{name: exact(getattr(pr, name)) for name in (
+                "weight_concentration", "mean_precision", "mean", "degrees_of_freedom", "covariance")},
+        }
 
     # ------------------------------------------------------------------- the updates
 
