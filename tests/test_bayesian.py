@@ -334,3 +334,68 @@ def test_checkpoint_resume_and_other_priors_refused(iris, tmp_path):
     for name in FITTED + ("lower_bound_", "lower_bounds_", "n_iter_"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(want, name), err_msg=name)
     np.testing.assert_array_equal(np.stack(resumed.weight_concentration_), np.stack(want.weight_concentration_))
+
+
+# ----------------------------------------------------------------------- model files
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("prior_type", PRIOR_TYPES)
+def test_save_load_round_trip(iris, tmp_path, covariance_type, prior_type):
+    kw = dict(n_components=3, covariance_type=covariance_type, weight_concentration_prior_type=prior_type,
+              random_state=0, max_iter=20, tol=1e-2)
+    if covariance_type == "spherical":
+        kw["covariance_prior"] = 0.5
+    else:
+        kw["mean_prior"] = np.zeros(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = BGM(**kw).fit(iris.astype(np.float32))
+    b.save(tmp_path / "m.gmm")
+    c = gmmfast.load(tmp_path / "m.gmm")
+    assert type(c) is BGM
+    for name in FITTED + ("mean_prior_", "covariance_prior_", "degrees_of_freedom_prior_", "lower_bound_"):
+        np.testing.assert_array_equal(getattr(c, name), getattr(b, name), err_msg=name)
+    if prior_type == "dirichlet_process":
+        np.testing.assert_array_equal(np.stack(c.weight_concentration_), np.stack(b.weight_concentration_))
+    np.testing.assert_array_equal(c.score_samples(iris), b.score_samples(iris))
+    np.testing.assert_array_equal(c.predict(iris), b.predict(iris))
+    assert c.n_effective_components_ == b.n_effective_components_
+    assert repr(c) == repr(b) or covariance_type != "spherical"
+    np.testing.assert_array_equal(c.get_params()["mean_prior"], b.get_params()["mean_prior"])
+    # the loaded model refits as the saved one was fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(c.fit(iris).means_, BGM(**kw).fit(iris).means_)
+
+
+def test_model_files_of_the_other_kind_and_tampered_posterior(iris, tmp_path):
+    import json
+
+    gm = gmmfast.GaussianMixture(2, random_state=0).fit(iris)
+    gm.save(tmp_path / "gm.gmm")
+    assert type(gmmfast.load(tmp_path / "gm.gmm")) is gmmfast.GaussianMixture
+    b = BGM(n_components=2, random_state=0).fit(iris)
+    b.save(tmp_path / "b.gmm")
+    with np.load(tmp_path / "b.gmm") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["metadata"]))
+    arrays["degrees_of_freedom"] = np.array([1.0, 2.0])
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(gmmfast.ModelFileError, match="degrees of freedom"):
+        gmmfast.load(tmp_path / "bad.npz")
+    del arrays["mean_precision"]
+    np.savez(tmp_path / "bad2.npz", **arrays)
+    with pytest.raises(gmmfast.ModelFileError, match="mean_precision"):
+        gmmfast.load(tmp_path / "bad2.npz")
+    assert meta["format"] == "gmmfast.BayesianGaussianMixture" and meta["format_version"] == 1
+
+
+def test_bayes_model_file_defaults_are_the_estimators():
+    from gmmfast._variational import BAYES_PARAM_DEFAULTS
+
+    defaults = BGM().get_params()
+    assert set(defaults) - set(BAYES_PARAM_DEFAULTS) == {"mean_prior", "covariance_prior", "checkpoint",
+                                                         "checkpoint_every"}
+    for name, value in BAYES_PARAM_DEFAULTS.items():
+        assert defaults[name] == value and type(defaults[name]) is type(value), name

@@ -453,9 +453,18 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
                 reg_covar_used=getattr(self, "reg_covar_", None),
                 n_reseeds=getattr(self, "n_reseeds_", 0),
                 n_batch_iter=getattr(self, "n_batch_iter_", None),
+                **self._model_file_extras(),
             ),
             path,
         )
+
+    def _model_file_extras(self) -> dict:
+        """What a subclass adds to its model file (io.FittedModel's ``kind`` and its
+        fields); read back by :meth:`_load_extras`."""
+        return {}
+
+    def _load_extras(self, m: FittedModel) -> None:
+        """Sets what :meth:`_model_file_extras` saved, on a model being loaded."""
 
     @classmethod
     def _from_fitted_model(cls, m: FittedModel) -> "MixtureEstimator":
@@ -468,6 +477,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         model.reg_covar_ = m.reg_covar_used
         if m.n_batch_iter is not None:
             model.n_batch_iter_ = m.n_batch_iter
+        model._load_extras(m)
         return model
 
     # ------------------------------------------------------------------------- helpers

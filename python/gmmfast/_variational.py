@@ -48,9 +48,31 @@ from ._compat import InvalidParameterError
 from ._stats import recentre_stats
 from ._types import EMStats, MixtureParams
 
-__all__ = ["VariationalParams", "Priors", "VariationalModel", "check_prior_params", "data_moments"]
+__all__ = ["BAYES_PARAM_DEFAULTS", "VariationalParams", "Priors", "VariationalModel", "check_prior_params", "data_moments"]
 
 PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
+
+#: the defaults of BayesianGaussianMixture's scalar parameters (its signature repeats
+#: them; a test checks that the two agree). Model files read without a parameter get its
+#: default. mean_prior and covariance_prior (array-like) are not here.
+BAYES_PARAM_DEFAULTS = {
+    "n_components": 1,
+    "covariance_type": "full",
+    "tol": 1e-3,
+    "reg_covar": 1e-6,
+    "max_iter": 100,
+    "n_init": 1,
+    "init_params": "kmeans",
+    "weight_concentration_prior_type": "dirichlet_process",
+    "weight_concentration_prior": None,
+    "mean_precision_prior": None,
+    "degrees_of_freedom_prior": None,
+    "random_state": None,
+    "warm_start": False,
+    "verbose": 0,
+    "verbose_interval": 10,
+    "n_threads": None,
+}
 _LOG_2PI = math.log(2.0 * math.pi)
 
 # --------------------------------------------------------------------- special functions

@@ -209,6 +209,43 @@ class BayesianGaussianMixture(MixtureEstimator):
         super()._set_attributes(attrs)
         self.n_effective_components_ = int(np.sum(to_numpy(self.weights_) > EFFECTIVE_WEIGHT))
 
+    def _model_file_extras(self) -> dict:
+        wc = self.weight_concentration_
+        return dict(
+            kind="BayesianGaussianMixture",
+            bayes={
+                "weight_concentration": np.stack([to_numpy(w) for w in wc]) if isinstance(wc, tuple) else wc,
+                "mean_precision": self.mean_precision_,
+                "degrees_of_freedom": self.degrees_of_freedom_,
+                "mean_prior": self.mean_prior_,
+                "covariance_prior": self.covariance_prior_,
+                "weight_concentration_prior_": self.weight_concentration_prior_,
+                "mean_precision_prior_": self.mean_precision_prior_,
+                "degrees_of_freedom_prior_": self.degrees_of_freedom_prior_,
+                "mean_prior_given": self.mean_prior is not None,
+                "covariance_prior_given": self.covariance_prior is not None,
+            },
+        )
+
+    def _load_extras(self, m) -> None:
+        b = m.bayes
+        wc = b["weight_concentration"]
+        self.weight_concentration_ = (wc[0].copy(), wc[1].copy()) if wc.ndim == 2 else wc
+        self.mean_precision_ = b["mean_precision"]
+        dof = b["degrees_of_freedom"]
+        self.degrees_of_freedom_ = np.float64(dof) if dof.ndim == 0 else dof
+        self.mean_prior_ = b["mean_prior"]
+        cov = b["covariance_prior"]
+        self.covariance_prior_ = float(cov) if cov.ndim == 0 else cov
+        for name in ("weight_concentration_prior_", "mean_precision_prior_", "degrees_of_freedom_prior_"):
+            setattr(self, name, b[name])
+        # array-valued priors that were given are the priors in effect
+        if b["mean_prior_given"]:
+            self.mean_prior = self.mean_prior_.copy()
+        if b["covariance_prior_given"]:
+            self.covariance_prior = self.covariance_prior_ if cov.ndim == 0 else self.covariance_prior_.copy()
+        self.n_effective_components_ = int(np.sum(to_numpy(self.weights_) > EFFECTIVE_WEIGHT))
+
     def _fitted_params(self) -> VariationalParams:
         """The fitted posterior (host, float64): a warm start continues from it."""
 
