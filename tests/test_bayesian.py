@@ -399,3 +399,34 @@ def test_bayes_model_file_defaults_are_the_estimators():
                                                          "checkpoint_every"}
     for name, value in BAYES_PARAM_DEFAULTS.items():
         assert defaults[name] == value and type(defaults[name]) is type(value), name
+
+
+# ------------------------------------------------------------------- the command line
+
+
+def test_cli_fit_bayesian(tmp_path, capsys):
+    from gmmfast.cli import main
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(150, 2)) + c for c in ([0, 0], [7, 0], [0, 7])])
+    np.save(tmp_path / "x.npy", X)
+    model = tmp_path / "m.npz"
+    args = ["fit", tmp_path / "x.npy", "-k", "6", "--bayesian", "--weight-concentration-prior-type",
+            "dirichlet_distribution", "--weight-concentration-prior", "1e-3", "--covariance-prior", "1.5",
+            "--random-state", "0", "--max-iter", "400", "-q", "-o", model]
+    assert main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    assert "Bayesian Gaussian mixture" in out and "effective    3 of 6 components" in out
+    b = gmmfast.load(model)
+    want = BGM(n_components=6, weight_concentration_prior_type="dirichlet_distribution",
+               weight_concentration_prior=1e-3, covariance_prior=1.5 * np.eye(2), random_state=0,
+               max_iter=400).fit(X)
+    np.testing.assert_array_equal(b.means_, want.means_)
+    assert main(["score", str(model), str(tmp_path / "x.npy")]) == 0
+    assert "BIC" not in capsys.readouterr().out
+    assert main(["info", str(model)]) == 0
+    assert "BayesianGaussianMixture" in capsys.readouterr().out
+    # a prior without --bayesian, and --bayesian with mini-batch EM, are user errors
+    assert main(["fit", str(tmp_path / "x.npy"), "-k", "2", "--mean-precision-prior", "2", "-q"]) == 1
+    assert main(["fit", str(tmp_path / "x.npy"), "-k", "2", "--bayesian", "--mini-batch", "-q"]) == 1
+    assert "add --bayesian" in capsys.readouterr().err
