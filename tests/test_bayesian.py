@@ -430,3 +430,18 @@ def test_cli_fit_bayesian(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "x.npy"), "-k", "2", "--mean-precision-prior", "2", "-q"]) == 1
     assert main(["fit", str(tmp_path / "x.npy"), "-k", "2", "--bayesian", "--mini-batch", "-q"]) == 1
     assert "add --bayesian" in capsys.readouterr().err
+
+
+def test_select_model_reports_effective_components():
+    from gmmfast.selection import effective_components
+
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(4, 2)) * 0.01 + 6])
+    sel = gmmfast.select_model(X, [1, 2, 3], ("diag",), random_state=0)
+    for r in sel.results:
+        assert 1 <= r["n_effective"] <= r["n_components"]
+    best = sel.results[sel.best_index_]
+    assert best["n_effective"] == effective_components(sel.best_estimator_.weights_)
+    # the 4-row cluster holds 2% of the weight: effective; below 1% it would not count
+    assert effective_components([0.5, 0.49, 0.01]) == 2 and effective_components([0.98, 0.02]) == 2
+    assert "eff. K" in sel.table()
