@@ -454,14 +454,18 @@ class VariationalModel:
     def lower_bound_of(self, stats: EMStats, e: MixtureParams, new: VariationalParams) -> float:
         """scikit-learn's lower bound after the M-step: the entropy of the E-step's
         responsibilities (from ``stats``, see the module docstring) and the
-        normalisers of the new posterior."""
+        normalisers of the new posterior. The entropy uses the E-step's mixture as the
+        kernels saw it (rounded to the data's dtype), so that only the per-sample
+        rounding of the float32 passes separates it from the exact value."""
         t, pr, K = self.covariance_type, self.priors, self.n_components
         D = stats.s1.shape[1]
         U = e.precisions_cholesky
-        const = -0.5 * D * _LOG_2PI + _log_det_cholesky(U, t, D)
+        # the kernels' per-component constant, rounded to the data's dtype as they round
+        # it: in float32 a constant's rounding would otherwise bias the sum by N_k·δ_k
+        const = (e.log_weights + _log_det_cholesky(U, t, D) - 0.5 * D * _LOG_2PI).astype(self.dtype)
         trace = _trace_precision_scatter(U, stats.s2, t)
         # Σ_n Σ_k r_nk log r_nk from the statistics
-        resp_log_resp = float(np.sum(stats.nk * (const + e.log_weights)) - 0.5 * np.sum(trace) - stats.log_likelihood)
+        resp_log_resp = float(np.sum(stats.nk * const) - 0.5 * np.sum(trace) - stats.log_likelihood)
         dof = new.degrees_of_freedom
         log_det = new.log_det_cholesky - 0.5 * D * np.log(dof)
         wishart = _log_wishart_norm(dof, log_det, D)
