@@ -45,6 +45,7 @@ import numpy as np
 
 from . import ops
 from ._compat import InvalidParameterError
+from ._settings import PARAM_DEFAULTS
 from ._stats import recentre_stats
 from ._types import EMStats, MixtureParams
 
@@ -56,22 +57,13 @@ PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
 #: them; a test checks that the two agree). Model files read without a parameter get its
 #: default. mean_prior and covariance_prior (array-like) are not here.
 BAYES_PARAM_DEFAULTS = {
-    "n_components": 1,
-    "covariance_type": "full",
-    "tol": 1e-3,
-    "reg_covar": 1e-6,
-    "max_iter": 100,
-    "n_init": 1,
-    "init_params": "kmeans",
+    **{k: PARAM_DEFAULTS[k] for k in ("n_components", "covariance_type", "tol", "reg_covar", "max_iter", "n_init",
+                                      "init_params")},
     "weight_concentration_prior_type": "dirichlet_process",
     "weight_concentration_prior": None,
     "mean_precision_prior": None,
     "degrees_of_freedom_prior": None,
-    "random_state": None,
-    "warm_start": False,
-    "verbose": 0,
-    "verbose_interval": 10,
-    "n_threads": None,
+    **{k: PARAM_DEFAULTS[k] for k in ("random_state", "warm_start", "verbose", "verbose_interval", "n_threads")},
 }
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -445,9 +437,9 @@ class VariationalModel:
             sk = scatter / nk / D + reg_covar
             dof = pr.degrees_of_freedom + nk
             cov = (pr.covariance + nk * (sk + shrink * np.mean(diff * diff, axis=1))) / dof
-        prec_chol, _ = ops.precision_cholesky(cov, t, n_features=D)
+        prec_chol, log_det = ops.precision_cholesky(cov, t, n_features=D)
         return VariationalParams(
-            t, weights, means, cov, prec_chol, _log_det_cholesky(prec_chol, t, D),
+            t, weights, means, cov, prec_chol, log_det,
             weight_concentration=wc, mean_precision=beta, degrees_of_freedom=dof,
         )
 
