@@ -484,3 +484,15 @@ def test_float32_from_the_same_start_as_sklearn(covariance_type):
     theirs_lbs = np.array([float(np.ravel(v)[0]) for v in theirs.lower_bounds_])
     assert rel(ours.lower_bounds_, theirs_lbs) <= 2e-6
     assert np.max(np.abs(np.diff(ours.lower_bounds_) - np.diff(theirs_lbs))) <= 1e-3
+
+
+def test_sample_and_fit_predict_as_sklearn(iris):
+    ours, theirs = fit_both(iris, n_components=3, random_state=7, covariance_type="full")
+    Xo, yo = ours.sample(50)
+    Xt, yt = theirs.sample(50)
+    np.testing.assert_array_equal(yo, yt)
+    np.testing.assert_allclose(Xo, Xt, rtol=1e-8, atol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(BGM(n_components=3, random_state=7).fit_predict(iris),
+                                      SkBGM(n_components=3, random_state=7).fit_predict(iris))
