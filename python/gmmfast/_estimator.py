@@ -82,8 +82,9 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         the Bayesian mixture gives its variational model)."""
         return None
 
-    def _fitted_attributes(self, source, params) -> dict:
-        """The fitted arrays of the driver's result (set together by _set_attributes)."""
+    def _fitted_attributes(self, source, params, model=None) -> dict:
+        """The fitted arrays of the driver's result (set together by _set_attributes);
+        ``model`` is what :meth:`_model` gave the driver."""
         return source.attributes(params)
 
     # ------------------------------------------------------------------ input checks
@@ -293,15 +294,16 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         random_state = check_random_state(self.random_state)
         path = getattr(self, "checkpoint", None)
         checkpoint = None if path is None else Checkpoint(path, self.checkpoint_every)
+        model = self._model(source, settings)
         result = driver.fit(
             settings, source, random_state, inits, warm_start=warm, monitor=self._monitor(), checkpoint=checkpoint,
-            model=self._model(source, settings),
+            model=model,
         )
         # the fitted attributes, all at once: an interrupted or failed fit leaves the
         # estimator as it was
         self._reset_online()  # a new fit ends online EM
         self._set_features(source.n_features, names)
-        self._set_attributes(self._fitted_attributes(source, result.params))
+        self._set_attributes(self._fitted_attributes(source, result.params, model))
         self.converged_ = result.converged
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.lower_bound

@@ -174,13 +174,10 @@ class BayesianGaussianMixture(MixtureEstimator):
         def priors():
             return Priors.resolve(params, t, K, source.n_features, lambda: data_moments(source, settings, t))
 
-        model = VariationalModel(priors, t, K, source.dtype)
-        self.__dict__["_fitting_model"] = model  # its priors become attributes at the end
-        return model
+        return VariationalModel(priors, t, K, source.dtype)
 
-    def _fitted_attributes(self, source, params: VariationalParams) -> dict:
-        model = self.__dict__.pop("_fitting_model")
-        pr = model.priors
+    def _fitted_attributes(self, source, params: VariationalParams, model=None) -> dict:
+        pr = model.priors  # the priors in effect become attributes too
         device = None if isinstance(source.device, str) else source.device
 
         def out(a):
