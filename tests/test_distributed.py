@@ -75,6 +75,15 @@ def _worker(rank, world, store, out):
             gm = estimator(kw, X).fit(Xl, sample_weight=sw)
             results[name] = {a: getattr(gm, a).numpy() for a in ("weights_", "means_", "covariances_")}
             results[name].update(lower_bound=gm.lower_bound_, n_iter=gm.n_iter_)
+        # the Bayesian mixture through the same data source: its priors' pass and every
+        # iteration's statistics are all-reduced, the variational M-step runs on each rank
+        from gmmfast import BayesianGaussianMixture
+
+        b = BayesianGaussianMixture(n_components=4, random_state=0, n_threads=1).fit(
+            torch.as_tensor(X[rows]), sample_weight=torch.as_tensor(w[rows]))
+        results["bayesian"] = {a: np.asarray(getattr(b, a)) for a in ("weights_", "means_", "covariances_",
+                                                                     "mean_prior_")}
+        results["bayesian"].update(lower_bound=b.lower_bound_, n_iter=b.n_iter_)
         # use_group(None): each rank fits its own rows, as without a process group
         with gtd.use_group(None):
             local = GaussianMixture(4, random_state=0, n_threads=1).fit(torch.as_tensor(X[rows]))
@@ -161,6 +170,20 @@ def test_two_ranks_match_one_process(ranks, name):
         assert r0[name][attr].dtype == getattr(ref, attr).numpy().dtype
     assert r0[name]["n_iter"] == ref.n_iter_
     assert r0[name]["lower_bound"] == pytest.approx(ref.lower_bound_, rel=rtol)
+
+
+def test_bayesian_mixture_two_ranks_match_one_process(ranks):
+    from gmmfast import BayesianGaussianMixture
+
+    X = blobs()
+    ref = BayesianGaussianMixture(n_components=4, random_state=0, n_threads=1).fit(
+        torch.as_tensor(X), sample_weight=torch.as_tensor(weights(X.shape[0])))
+    r0, r1 = ranks
+    for attr in ("weights_", "means_", "covariances_", "mean_prior_"):
+        np.testing.assert_array_equal(r0["bayesian"][attr], r1["bayesian"][attr])
+        np.testing.assert_allclose(r0["bayesian"][attr], np.asarray(getattr(ref, attr)), rtol=1e-9, atol=1e-9)
+    assert r0["bayesian"]["n_iter"] == ref.n_iter_
+    assert r0["bayesian"]["lower_bound"] == pytest.approx(ref.lower_bound_, rel=1e-9)
 
 
 def test_use_group_none_and_collective_errors(ranks):

@@ -1,7 +1,8 @@
 """gmmfast: fast, exact Gaussian mixture models.
 
 - :class:`gmmfast.GaussianMixture`: scikit-learn's GaussianMixture, many times faster;
-  :func:`gmmfast.load` reads models written by ``GaussianMixture.save``;
+- :class:`gmmfast.BayesianGaussianMixture`: scikit-learn's variational Bayesian mixture
+  on the same kernels; :func:`gmmfast.load` reads models written by ``save`` of either;
 - :mod:`gmmfast.ops`: native primitives (log_prob, em_stats, finalize, em, k-means)
   for NumPy arrays;
 - :mod:`gmmfast.reference`: the same operations in readable NumPy (the test oracle).
@@ -10,6 +11,7 @@
 from . import _core
 from ._compat import ConvergenceWarning, NotFittedError
 from ._types import EMResult, EMStats, MixtureParams
+from .bayesian import BayesianGaussianMixture
 from .io import ModelFileError
 from .mixture import GaussianMixture, load
 from .selection import ModelSelection, select_model
@@ -18,6 +20,7 @@ __version__ = _core.__version__
 
 __all__ = [
     "GaussianMixture",
+    "BayesianGaussianMixture",
     "select_model",
     "ModelSelection",
     "load",

@@ -139,7 +139,7 @@ class Checkpoint:
             "covariance_type": state.params.covariance_type,
             "best": None,
         }
-        arrays = {f"params_{n}": np.asarray(getattr(state.params, n), np.float64) for n in _PARAM_ARRAYS}
+        arrays = _pack("params", state.params)
         if state.best is not None:
             b = state.best
             meta["best"] = {
@@ -150,12 +150,14 @@ class Checkpoint:
                 "reg_covar": _hex(b.reg_covar),
                 "n_reseeds": int(b.n_reseeds),
             }
-            arrays.update({f"best_{n}": np.asarray(getattr(b.params, n), np.float64) for n in _PARAM_ARRAYS})
+            arrays.update(_pack("best", b.params))
         write_npz_atomically(self.path, {"metadata": np.array(json.dumps(meta)), **arrays})
 
-    def load(self, expected_fingerprint: dict) -> Optional[FitState]:
+    def load(self, expected_fingerprint: dict, params_type=MixtureParams) -> Optional[FitState]:
         """The state saved at ``path`` (None when there is no file); raises
-        CheckpointError when it cannot be read or belongs to another fit."""
+        CheckpointError when it cannot be read or belongs to another fit.
+        ``params_type``: the class of the driver model's parameters (MixtureParams, or
+        a subclass whose ``ARRAYS`` names the arrays it holds)."""
         if not os.path.exists(self.path):
             return None
         try:
@@ -168,7 +170,7 @@ class Checkpoint:
             state = FitState(
                 init=int(meta["init"]),
                 n_iter=int(meta["n_iter"]),
-                params=_params(t, arrays, "params"),
+                params=_params(t, arrays, "params", params_type),
                 lower_bound=_float(meta["lower_bound"]),
                 lower_bounds=[_float(v) for v in meta["lower_bounds"]],
                 restarted=bool(meta["restarted"]),
@@ -181,7 +183,7 @@ class Checkpoint:
             if meta["best"] is not None:
                 b = meta["best"]
                 state.best = RunRecord(
-                    _params(t, arrays, "best"), int(b["n_iter"]), _float(b["lower_bound"]),
+                    _params(t, arrays, "best", params_type), int(b["n_iter"]), _float(b["lower_bound"]),
                     [_float(v) for v in b["lower_bounds"]], bool(b["converged"]), _float(b["reg_covar"]),
                     int(b["n_reseeds"]),
                 )
@@ -210,9 +212,18 @@ def _float(v) -> float:
     return float.fromhex(v) if isinstance(v, str) else float(v)
 
 
-def _params(t, arrays, prefix) -> MixtureParams:
-    values = [np.asarray(arrays[f"{prefix}_{n}"], dtype=np.float64) for n in _PARAM_ARRAYS]
-    for n, a in zip(_PARAM_ARRAYS, values):
+def _names(params_type) -> tuple:
+    return getattr(params_type, "ARRAYS", _PARAM_ARRAYS)
+
+
+def _pack(prefix, params) -> dict:
+    return {f"{prefix}_{n}": np.asarray(getattr(params, n), np.float64) for n in _names(type(params))}
+
+
+def _params(t, arrays, prefix, params_type=MixtureParams) -> MixtureParams:
+    names = _names(params_type)
+    values = {n: np.asarray(arrays[f"{prefix}_{n}"], dtype=np.float64) for n in names}
+    for n, a in values.items():
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{prefix}_{n} is not finite")
-    return MixtureParams(t, *values)
+    return params_type(t, **values)

@@ -103,12 +103,14 @@ class _Progress:
             self.stream.flush()
 
 
-def _progress_estimator(progress: Optional[_Progress], **params):
-    """A GaussianMixture that reports to ``progress`` through the estimator's verbose
-    hooks (the lower bound of each iteration comes with its _on_iteration hook)."""
-    from .mixture import GaussianMixture
+def _progress_estimator(progress: Optional[_Progress], estimator=None, **params):
+    """A GaussianMixture (or the given ``estimator`` class, e.g. the Bayesian mixture)
+    that reports to ``progress`` through the estimator's verbose hooks (the lower bound
+    of each iteration comes with its _on_iteration hook)."""
+    if estimator is None:
+        from .mixture import GaussianMixture as estimator
 
-    class _ProgressMixture(GaussianMixture):
+    class _ProgressMixture(estimator):
         def _verbose_init_begin(self, n_init, *a, **k):
             super()._verbose_init_begin(n_init, *a, **k)
             if progress is not None:

@@ -45,7 +45,9 @@ from ._settings import EMSettings
 from ._stats import blend_stats, implied_stats, learning_rate, recentre_stats, scale_stats
 from ._types import EMStats, MixtureParams
 
-__all__ = ["Monitor", "FitResult", "WarmStart", "fit", "initial_params", "em_step", "iterate", "OnlineEM"]
+__all__ = [
+    "Monitor", "FitResult", "WarmStart", "MaximumLikelihood", "fit", "initial_params", "em_step", "iterate", "OnlineEM",
+]
 
 
 class Monitor:
@@ -161,10 +163,10 @@ class StepwiseEM:
 
 
 def em_step(settings: EMSettings, batch, params, state: RunState, schedule=None) -> tuple:
-    """One E-step and M-step on ``batch`` (a data source) from ``params`` (on the
-    batch's device). Returns ``(params, log_likelihood, weight_sum, restarted)``: the new
-    mixture, the batch's contribution to the lower bound, and whether recovery restarted
-    components."""
+    """One E-step and M-step of maximum-likelihood EM on ``batch`` (a data source) from
+    ``params`` (on the batch's device). Returns ``(params, log_likelihood, weight_sum,
+    restarted)``: the new mixture, the batch's contribution to the lower bound, and
+    whether recovery restarted components."""
     schedule = schedule or EXACT_EM
     stats = schedule.statistics(batch.em_stats(params, settings), batch)
     state.n_rows = batch.n_rows
@@ -184,6 +186,56 @@ def em_step(settings: EMSettings, batch, params, state: RunState, schedule=None)
         new = batch.to_device(batch.agree(new, state))
     schedule.after_m_step(new, restarted, state)
     return new, ll, weight, restarted
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class MaximumLikelihood:
+    """What EM estimates, and how: GaussianMixture's model. The driver's loop (n_init,
+    warm start, convergence, checkpoints, monitor) is the same for every model; a model
+    says
+
+    - ``initial_params(settings, source, random_state, inits, state)``: the initial
+      parameters on the host;
+    - ``to_device(source, params)`` / ``to_host(source, params)``: where the driver
+      keeps them between iterations;
+    - ``step(settings, batch, params, state, schedule)``: one E-step (``batch.em_stats``
+      with the E-step's mixture) and M-step, returning ``(params, contribution,
+      weight_sum, restarted)``;
+    - ``lower_bound(contribution, weight_sum)``: the iteration's lower bound from the
+      summed contributions of its batches, on which convergence (a change below tol)
+      is tested;
+    - ``params_type`` (the class of its parameters, for checkpoints), ``op`` (its name
+      in memory errors) and optionally ``fingerprint()`` (what else than the settings
+      and the data a checkpoint must agree on).
+
+    Maximum likelihood keeps the mixture on the source's device and its lower bound is
+    the mean log-likelihood. :class:`gmmfast._variational.VariationalModel` (the
+    Bayesian mixture) is the other model.
+    """
+
+    op = "GaussianMixture.fit"
+    params_type = MixtureParams
+
+    def initial_params(self, settings, source, random_state, inits, state):
+        return initial_params(settings, source, random_state, inits, state)
+
+    def to_device(self, source, params):
+        return source.to_device(params)
+
+    def to_host(self, source, params):
+        return source.to_host(params)
+
+    def step(self, settings, batch, params, state, schedule):
+        return em_step(settings, batch, params, state, schedule)
+
+    def lower_bound(self, contribution: float, weight: float) -> float:
+        return contribution / weight
+
+
+#: maximum likelihood keeps no state: one instance serves every fit
+MAXIMUM_LIKELIHOOD = MaximumLikelihood()
 
 
 @dataclass
@@ -206,6 +258,7 @@ def iterate(
     max_iter: Optional[int] = None,
     resume: Optional[tuple] = None,
     after_iteration: Optional[Callable] = None,
+    model=None,
 ) -> Iterated:
     """EM iterations from ``params`` until the lower bound changes by less than
     ``settings.tol`` or ``max_iter`` (default ``settings.max_iter``) iterations ran.
@@ -217,8 +270,10 @@ def iterate(
     ``resume`` = (iterations done, their lower bounds, whether the last restarted
     components) continues a run from a checkpoint; ``after_iteration(n_iter, params,
     lower_bound, lower_bounds, restarted)`` is called after every iteration that does
-    not end the run.
+    not end the run. ``model`` (default: maximum likelihood) makes the steps and the
+    lower bound (see :class:`MaximumLikelihood`).
     """
+    model = model or MAXIMUM_LIKELIHOOD
     schedule = schedule or EXACT_EM
     monitor = monitor or Monitor()
     max_iter = settings.max_iter if max_iter is None else max_iter
@@ -232,13 +287,13 @@ def iterate(
         ll = weight = 0.0
         restarted = False
         for batch in batches():
-            params, ll_b, weight_b, restarted_b = em_step(settings, batch, params, state, schedule)
+            params, ll_b, weight_b, restarted_b = model.step(settings, batch, params, state, schedule)
             ll += ll_b
             weight += weight_b
             restarted = restarted or restarted_b
         if weight == 0.0:
             raise ValueError("the data gave no rows in this pass")
-        lower_bound = ll / weight
+        lower_bound = model.lower_bound(ll, weight)
         lower_bounds.append(lower_bound)
         change = lower_bound - prev
         monitor.iteration(n_iter, lower_bound, change)
@@ -291,6 +346,7 @@ def fit(
     warm_start: Optional[WarmStart] = None,
     monitor: Optional[Monitor] = None,
     checkpoint: Optional[Checkpoint] = None,
+    model=None,
 ) -> FitResult:
     """scikit-learn's fit loop over ``source``: ``n_init`` initialisations (one from
     ``warm_start`` when given), exact EM from each, the best lower bound kept.
@@ -303,13 +359,17 @@ def fit(
     With ``checkpoint``, the state is written every ``checkpoint.every`` iterations, a
     fit finding a checkpoint of itself resumes from it (the same result as without the
     interruption), and the checkpoint is removed when the fit ends.
+
+    ``model`` (default: maximum likelihood, GaussianMixture's) is what is estimated:
+    its initial parameters, steps and lower bound (see :class:`MaximumLikelihood`).
     """
+    model = model or MAXIMUM_LIKELIHOOD
     monitor = monitor or Monitor()
     do_init = warm_start is None
     n_init = settings.n_init if do_init else 1
     # before any heavy work: MemoryError naming the sizes when the parameters, their
     # copies, the statistics or the initialisation cannot fit
-    source.check_memory(settings, initialise=do_init and _initialises(inits))
+    source.check_memory(settings, initialise=do_init and _initialises(inits), op=model.op)
     start_reg = float(settings.reg_covar)
     if not do_init and settings.recovery == "reg_covar":
         # a warm start goes on with the regularisation the previous fit ended with
@@ -319,10 +379,12 @@ def fit(
     first_init, resumed, stamp = 0, None, None
     if checkpoint is not None:
         stamp = fingerprint(settings, source, warm_start, inits)
+        if hasattr(model, "fingerprint"):
+            stamp["model"] = model.fingerprint()
 
         def load():
             try:
-                return checkpoint.load(stamp), None
+                return checkpoint.load(stamp, model.params_type), None
             except CheckpointError as exc:
                 return None, str(exc)
 
@@ -334,7 +396,7 @@ def fit(
         if resumed is not None:
             first_init, max_lower_bound = resumed.init, resumed.max_lower_bound
             if resumed.best is not None:
-                best = dataclasses.replace(resumed.best, params=source.to_device(resumed.best.params))
+                best = dataclasses.replace(resumed.best, params=model.to_device(source, resumed.best.params))
             set_rng_state(random_state, resumed.random_state)
     for init in range(first_init, n_init):
         monitor.init_begin(init)
@@ -344,14 +406,14 @@ def fit(
         resume = None
         if resumed is not None:
             state.reg_covar, state.reseeds = resumed.reg_covar, resumed.n_reseeds
-            params, lower_bound = source.to_device(resumed.params), resumed.lower_bound
+            params, lower_bound = model.to_device(source, resumed.params), resumed.lower_bound
             resume = (resumed.n_iter, resumed.lower_bounds, resumed.restarted)
             resumed = None
         elif do_init:
             _report_initialising(monitor, settings, source, inits)
-            params = source.to_device(initial_params(settings, source, random_state, inits, state))
+            params = model.to_device(source, model.initial_params(settings, source, random_state, inits, state))
         else:
-            params = source.to_device(warm_start.params)
+            params = model.to_device(source, warm_start.params)
         if settings.max_iter == 0:
             best = RunRecord(params, 0, -np.inf, [], False, state.reg_covar, state.reseeds)
             continue
@@ -359,14 +421,14 @@ def fit(
         def save(n_iter, params, lower_bound, lower_bounds, restarted, init=init, state=state):
             if checkpoint.due(n_iter) and source.is_root:
                 checkpoint.save(FitState(
-                    init, n_iter, source.to_host(params), lower_bound, lower_bounds, restarted,
-                    state.reg_covar, state.reseeds, _on_host(source, best), max_lower_bound,
+                    init, n_iter, model.to_host(source, params), lower_bound, lower_bounds, restarted,
+                    state.reg_covar, state.reseeds, _on_host(model, source, best), max_lower_bound,
                     rng_state(random_state), stamp,
                 ))
 
         run = iterate(
             settings, lambda: (source,), params, state, monitor=monitor, lower_bound=lower_bound,
-            resume=resume, after_iteration=None if checkpoint is None else save,
+            resume=resume, after_iteration=None if checkpoint is None else save, model=model,
         )
         monitor.init_end(run.lower_bound, run.converged)
         if run.lower_bound > max_lower_bound or max_lower_bound == -np.inf:
@@ -402,10 +464,10 @@ def _report_initialising(monitor: Monitor, settings: EMSettings, source, inits) 
         monitor.initialising(f"{method} of {settings.n_components} components on {source.memory_shape()[0]} rows")
 
 
-def _on_host(source, record: Optional[RunRecord]) -> Optional[RunRecord]:
+def _on_host(model, source, record: Optional[RunRecord]) -> Optional[RunRecord]:
     if record is None:
         return None
-    return dataclasses.replace(record, params=source.to_host(record.params))
+    return dataclasses.replace(record, params=model.to_host(source, record.params))
 
 
 def warn_if_recovered(settings: EMSettings, reg_covar: float, n_reseeds: int) -> None:

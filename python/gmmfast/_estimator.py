@@ -85,6 +85,16 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         parameter of the subclasses that support it) rather than an error."""
         return getattr(self, "missing", "error") == "em"
 
+    def _model(self, source, settings):
+        """What the EM driver estimates (None: maximum likelihood, GaussianMixture's;
+        the Bayesian mixture gives its variational model)."""
+        return None
+
+    def _fitted_attributes(self, source, params, model=None) -> dict:
+        """The fitted arrays of the driver's result (set together by _set_attributes);
+        ``model`` is what :meth:`_model` gave the driver."""
+        return source.attributes(params)
+
     # ------------------------------------------------------------------ input checks
 
     def _validate_fit_X(self, X, min_samples: int = 1):
@@ -149,8 +159,15 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     def __sklearn_is_fitted__(self):
         return hasattr(self, "means_")
 
+    def _given_inits(self) -> tuple:
+        """(weights_init, means_init, precisions_init) as given (None for an estimator
+        without them)."""
+        return tuple(getattr(self, name, None) for name in ("weights_init", "means_init", "precisions_init"))
+
     def _checked_inits(self, n_features):
         K, t = self.n_components, self.covariance_type
+        if all(v is None for v in self._given_inits()):
+            return None, None, None
         return (
             None if self.weights_init is None else check_weights_init(self.weights_init, K),
             None if self.means_init is None else check_means_init(self.means_init, K, n_features),
@@ -203,10 +220,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             from . import dask as dask_api
             from .sources.dask import DaskSource
 
-            initialise = not (
-                self._warm()
-                or (self.weights_init is not None and self.means_init is not None and self.precisions_init is not None)
-            )
+            initialise = not (self._warm() or all(v is not None for v in self._given_inits()))
             source = DaskSource(
                 X, sample_weight, settings, check_random_state(self.random_state), initialise, candidates_per_block,
                 max_block_retries=dask_api.max_block_retries, recompute_timeout=dask_api.recompute_timeout,
@@ -297,15 +311,18 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             warm = WarmStart(self._fitted_params(), self.lower_bound_, getattr(self, "reg_covar_", self.reg_covar))
         inits = self._checked_inits(source.n_features)
         random_state = check_random_state(self.random_state)
-        checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint, self.checkpoint_every)
+        path = getattr(self, "checkpoint", None)
+        checkpoint = None if path is None else Checkpoint(path, self.checkpoint_every)
+        model = self._model(source, settings)
         result = driver.fit(
-            settings, source, random_state, inits, warm_start=warm, monitor=self._monitor(), checkpoint=checkpoint
+            settings, source, random_state, inits, warm_start=warm, monitor=self._monitor(), checkpoint=checkpoint,
+            model=model,
         )
         # the fitted attributes, all at once: an interrupted or failed fit leaves the
         # estimator as it was
         self._reset_online()  # a new fit ends online EM
         self._set_features(source.n_features, names)
-        self._set_attributes(source.attributes(result.params))
+        self._set_attributes(self._fitted_attributes(source, result.params, model))
         self.converged_ = result.converged
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.lower_bound
@@ -471,9 +488,18 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
                 reg_covar_used=getattr(self, "reg_covar_", None),
                 n_reseeds=getattr(self, "n_reseeds_", 0),
                 n_batch_iter=getattr(self, "n_batch_iter_", None),
+                **self._model_file_extras(),
             ),
             path,
         )
+
+    def _model_file_extras(self) -> dict:
+        """What a subclass adds to its model file (io.FittedModel's ``kind`` and its
+        fields); read back by :meth:`_load_extras`."""
+        return {}
+
+    def _load_extras(self, m: FittedModel) -> None:
+        """Sets what :meth:`_model_file_extras` saved, on a model being loaded."""
 
     @classmethod
     def _from_fitted_model(cls, m: FittedModel) -> "MixtureEstimator":
@@ -486,6 +512,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         model.reg_covar_ = m.reg_covar_used
         if m.n_batch_iter is not None:
             model.n_batch_iter_ = m.n_batch_iter
+        model._load_extras(m)
         return model
 
     # ------------------------------------------------------------------------- helpers

@@ -17,10 +17,16 @@ from ._validation import as_tensor, check_n_features, is_dask_array, is_tensor, 
 
 
 class Mixture:
-    """The fitted arrays (NumPy or tensors) and settings that scoring needs."""
+    """The fitted arrays (NumPy or tensors) and settings that scoring needs.
 
-    def __init__(self, weights, means, precisions_cholesky, covariance_type, n_threads=None):
+    ``log_weights`` (float64 NumPy), when given, are the per-component terms added to
+    the Gaussian log-densities instead of log(weights): the Bayesian mixture's expected
+    log-weights and log-density constants, as scikit-learn's BayesianGaussianMixture
+    scores."""
+
+    def __init__(self, weights, means, precisions_cholesky, covariance_type, n_threads=None, log_weights=None):
         self.weights = weights
+        self.log_weights = log_weights
         self.means = means
         self.precisions_cholesky = precisions_cholesky
         self.covariance_type = covariance_type
@@ -29,6 +35,14 @@ class Mixture:
     @property
     def n_components(self) -> int:
         return int(self.weights.shape[0])
+
+
+def _log_weights(mix: Mixture, device):
+    import torch
+
+    if mix.log_weights is not None:
+        return as_tensor(np.asarray(mix.log_weights, dtype=np.float64), device)
+    return torch.log(as_tensor(mix.weights, device).double())
 
 
 def log_prob(mix: Mixture, X, output):
@@ -59,7 +73,7 @@ def log_prob(mix: Mixture, X, output):
         return gt.log_prob(
             X.to(dt),
             # log in float64, then rounded: as the NumPy path does
-            torch.log(as_tensor(mix.weights, X.device).double()).to(dt),
+            _log_weights(mix, X.device).to(dt),
             param(mix.means),
             param(mix.precisions_cholesky),
             mix.covariance_type,
@@ -80,8 +94,8 @@ def _numpy_mixture(mix: Mixture, X):
     dt = np.result_type(X.dtype, means.dtype)
     if dt != X.dtype:
         X = X.astype(dt)
-    return X, (log_weights(to_numpy(mix.weights)).astype(dt), means.astype(dt),
-               to_numpy(mix.precisions_cholesky).astype(dt))
+    lw = log_weights(to_numpy(mix.weights)) if mix.log_weights is None else mix.log_weights
+    return X, (lw.astype(dt), means.astype(dt), to_numpy(mix.precisions_cholesky).astype(dt))
 
 
 def impute(mix: Mixture, X) -> np.ndarray:

@@ -109,6 +109,11 @@ class MixtureParams:
 
     ``precisions_cholesky`` holds upper-triangular U with precision U Uᵀ (full, tied) or
     1/σ (diag, spherical); ``log_det_cholesky[k]`` = Σ_j log U_k[j, j].
+
+    ``log_weights``, when set, are the per-component terms the E-step adds to the
+    Gaussian log-densities instead of log(weights): variational inference's E[log π_k]
+    plus its expected log-density's constants (gmmfast._variational), which for pruned
+    components are −hundreds and must not go through exp and log.
     """
 
     covariance_type: str
@@ -117,6 +122,7 @@ class MixtureParams:
     covariances: np.ndarray
     precisions_cholesky: np.ndarray
     log_det_cholesky: np.ndarray = field(default=None)
+    log_weights: np.ndarray = field(default=None)
 
     @property
     def n_components(self) -> int:
@@ -135,6 +141,7 @@ class MixtureParams:
             self.covariances.astype(dtype),
             self.precisions_cholesky.astype(dtype),
             None if self.log_det_cholesky is None else self.log_det_cholesky.astype(np.float64),
+            None if self.log_weights is None else self.log_weights.astype(np.float64),
         )
 
 

@@ -107,12 +107,37 @@ def _streamed_score(model, X, sw, rows, dtype):
     return total / weight, weight
 
 
-def cmd_fit(args) -> int:
-    from .mixture import GaussianMixture
+def _bayesian_params(args) -> dict:
+    """The BayesianGaussianMixture parameters of ``gmmfast fit --bayesian``; a scalar
+    --covariance-prior s is s·I (full, tied), s on every feature (diag) or s (spherical)."""
+    if args.mini_batch:
+        raise CLIError("--bayesian fits by exact variational inference: --mini-batch does not apply")
+    return dict(
+        weight_concentration_prior_type=args.weight_concentration_prior_type,
+        weight_concentration_prior=args.weight_concentration_prior,
+        mean_precision_prior=args.mean_precision_prior,
+        degrees_of_freedom_prior=args.degrees_of_freedom_prior,
+    )
 
+
+def _covariance_prior(s, covariance_type, n_features):
+    if s is None:
+        return None
+    if covariance_type in ("full", "tied"):
+        return s * np.eye(n_features)
+    return np.full(n_features, s) if covariance_type == "diag" else s
+
+
+def cmd_fit(args) -> int:
     streaming = args.chunk_size is not None or args.mini_batch
     if args.mini_batch and args.checkpoint is not None:
         raise CLIError("--checkpoint applies to exact EM: mini-batch EM (--mini-batch) writes no checkpoint")
+    bayes = _bayesian_params(args) if args.bayesian else None
+    if not args.bayesian:
+        given = [o for o in ("weight_concentration_prior", "mean_precision_prior", "degrees_of_freedom_prior",
+                             "covariance_prior") if getattr(args, o) is not None]
+        if given:
+            raise CLIError(f"--{given[0].replace('_', '-')} is a prior of the Bayesian mixture: add --bayesian")
     is_npy = os.path.splitext(os.fspath(args.data))[1].lower() == ".npy"
     if streaming and not is_npy:
         raise CLIError(
@@ -134,8 +159,14 @@ def cmd_fit(args) -> int:
     progress = None if args.quiet else _Progress(sys.stderr, args.progress_interval, args.n_init)
     if progress is not None:
         progress.init_params = args.init_params
+    if bayes is not None:
+        from .bayesian import BayesianGaussianMixture
+
+        bayes["covariance_prior"] = _covariance_prior(args.covariance_prior, args.covariance_type, X.shape[1])
     model = _progress_estimator(
         progress,
+        None if bayes is None else BayesianGaussianMixture,
+        **(bayes or {}),
         n_components=args.n_components,
         covariance_type=args.covariance_type,
         tol=args.tol,
@@ -173,11 +204,13 @@ def cmd_fit(args) -> int:
         if progress is not None:
             progress._cancel_timer()
     elapsed = perf_counter() - start
-    model.__class__ = GaussianMixture  # a plain estimator for saving and scoring
+    model.__class__ = model.__class__.__bases__[0]  # a plain estimator for saving and scoring
     _report_warnings(caught)
     from ._validation import needs_blockwise_conversion
 
-    if streaming or needs_blockwise_conversion(X):
+    if bayes is not None:
+        bic = aic = None
+    elif streaming or needs_blockwise_conversion(X):
         mean_ll, n_eff = _streamed_score(model, X, sw, block_rows, dtype)
         n_params = model._n_parameters()
         bic = -2 * mean_ll * n_eff + n_params * math.log(n_eff)
@@ -189,8 +222,9 @@ def cmd_fit(args) -> int:
     out = sys.stdout
     unit, limit = ("epochs", "--max-epochs") if args.mini_batch else ("iterations", "max_iter")
     feat = f"  ({', '.join(names)})" if names else ""
+    what = "a Bayesian Gaussian mixture (variational inference)" if bayes is not None else "a Gaussian mixture"
     print(
-        f"Fitted a Gaussian mixture of {model.n_components} component{'s' if model.n_components != 1 else ''} "
+        f"Fitted {what} of {model.n_components} component{'s' if model.n_components != 1 else ''} "
         f"(covariance_type={model.covariance_type!r}) to {args.data}",
         file=out,
     )
@@ -201,11 +235,18 @@ def cmd_fit(args) -> int:
                        else f"NO: stopped at {limit}, {model.n_iter_} {unit}")
          + f" (tol {model.tol:g})"),
         ("lower bound", f"{model.lower_bound_:.6f} (mean log-likelihood per sample)"),
-        ("BIC", f"{bic:.4f}"),
-        ("AIC", f"{aic:.4f}"),
+        ("BIC", f"{bic:.4f}" if bic is not None else ""),
+        ("AIC", f"{aic:.4f}" if aic is not None else ""),
         ("time", f"{_format_seconds(elapsed)} ({_plural(_threads(args.threads), 'thread')}, "
                  f"{_plural(model.n_init, 'init')})"),
     ]
+    if bayes is not None:
+        from .bayesian import EFFECTIVE_WEIGHT
+
+        rows[3] = ("lower bound", f"{model.lower_bound_:.6f} (variational lower bound, a total over the samples)")
+        rows[4] = ("effective", f"{model.n_effective_components_} of {model.n_components} components "
+                                f"(weight above {EFFECTIVE_WEIGHT:g})")
+        del rows[5]
     if args.mini_batch:
         rows.insert(3, ("mode", f"mini-batch EM, batches of {args.chunk_size or 10_000} rows, "
                                 f"{model.n_batch_iter_} batches"))
@@ -249,16 +290,20 @@ def cmd_score(args) -> int:
     _check_features(model, X, args.data, args.model)
     sw = None if args.weights is None else _load_weights(args.weights, X.shape[0], args)
     ll = _quiet_feature_names(model.score, X, sample_weight=sw)
-    bic = _quiet_feature_names(model.bic, X, sample_weight=sw)
-    aic = _quiet_feature_names(model.aic, X, sample_weight=sw)
+    # the Bayesian mixture has no BIC/AIC (its score is scikit-learn's expected
+    # log-density, not a likelihood with a parameter count)
+    criteria = hasattr(model, "bic")
+    bic = _quiet_feature_names(model.bic, X, sample_weight=sw) if criteria else None
+    aic = _quiet_feature_names(model.aic, X, sample_weight=sw) if criteria else None
     if args.json:
         doc = {"n_samples": int(X.shape[0]), "log_likelihood": ll, "bic": bic, "aic": aic}
         print(json.dumps(doc))
         return 0
     print(f"  {'samples':<20} {X.shape[0]}")
     print(f"  {'mean log-likelihood':<20} {ll:.10g}")
-    print(f"  {'BIC':<20} {bic:.10g}")
-    print(f"  {'AIC':<20} {aic:.10g}")
+    if criteria:
+        print(f"  {'BIC':<20} {bic:.10g}")
+        print(f"  {'AIC':<20} {aic:.10g}")
     return 0
 
 
@@ -271,7 +316,7 @@ def _info_model(args) -> int:
     names = getattr(model, "feature_names_in_", None)
     if args.json:
         doc = {
-            "type": "GaussianMixture",
+            "type": type(model).__name__,
             "gmmfast_version": meta.get("gmmfast_version"),
             "format_version": meta.get("format_version"),
             "n_components": int(K),
@@ -292,7 +337,7 @@ def _info_model(args) -> int:
         return 0
     version = meta.get("gmmfast_version")
     written = f" (written by gmmfast {version})" if version else ""
-    print(f"{args.model}: gmmfast GaussianMixture{written}")
+    print(f"{args.model}: gmmfast {type(model).__name__}{written}")
     p = model.get_params()
     rows = [
         ("components", f"{K}"),
@@ -300,7 +345,9 @@ def _info_model(args) -> int:
         ("covariance type", model.covariance_type),
         ("dtype", str(model.means_.dtype)),
         ("converged", f"{'yes' if model.converged_ else 'NO'}, after {model.n_iter_} iterations"),
-        ("lower bound", f"{model.lower_bound_:.6f} (mean log-likelihood on the training data)"),
+        ("lower bound", f"{model.lower_bound_:.6f} " + (
+            "(variational lower bound, a total)" if hasattr(model, "n_effective_components_")
+            else "(mean log-likelihood on the training data)")),
         ("parameters", f"{n_parameters(K, D, model.covariance_type)} free (counted by BIC/AIC)"),
         ("fit settings", f"tol={p['tol']:g}, reg_covar={p['reg_covar']:g}, "
                          f"max_iter={p['max_iter']}, n_init={p['n_init']}, "
@@ -400,6 +447,13 @@ def _nonneg_float(text):
     return value
 
 
+def _positive_float(text):
+    value = _nonneg_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
 def _delimiter(text):
     return {"tab": "\t", "\\t": "\t", "space": None, "whitespace": None}.get(text, text)
 
@@ -465,6 +519,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--progress-interval", type=_nonneg_float, default=1.0, metavar="SECONDS",
                    help=argparse.SUPPRESS)
+    b = p.add_argument_group(
+        "Bayesian mixture",
+        "With --bayesian, fit scikit-learn's BayesianGaussianMixture (variational inference): "
+        "-k is an upper bound, and a small --weight-concentration-prior switches surplus "
+        "components off (the output counts the effective ones). The other priors default "
+        "to scikit-learn's (the data's mean and covariance).")
+    b.add_argument("--bayesian", action="store_true", help="variational Bayesian mixture")
+    b.add_argument("--weight-concentration-prior-type", choices=("dirichlet_process", "dirichlet_distribution"),
+                   default="dirichlet_process")
+    b.add_argument("--weight-concentration-prior", type=_positive_float, default=None, metavar="X",
+                   help="concentration of the weights' prior (default 1/k; smaller prunes more)")
+    b.add_argument("--mean-precision-prior", type=_positive_float, default=None, metavar="X",
+                   help="precision of the means' prior (default 1)")
+    b.add_argument("--degrees-of-freedom-prior", type=_positive_float, default=None, metavar="X",
+                   help="degrees of freedom of the Wishart prior (> n_features - 1; default n_features)")
+    b.add_argument("--covariance-prior", type=_positive_float, default=None, metavar="X",
+                   help="X times the identity as the Wishart prior's covariance (default: the data's)")
     g = p.add_argument_group(
         "large .npy files",
         "A .npy file is memory-mapped, never read whole. With --chunk-size, every EM "

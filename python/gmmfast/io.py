@@ -12,6 +12,12 @@ This module knows nothing of the estimator: it reads and writes a :class:`Fitted
 a plain container of the parameters and fitted attributes
 (``GaussianMixture.save`` builds one, :func:`gmmfast.load` turns one into an estimator).
 
+Two kinds of model share the format: ``gmmfast.GaussianMixture`` files (format version
+1, unchanged) and ``gmmfast.BayesianGaussianMixture`` files, which add the variational
+posterior's arrays (``weight_concentration``, ``mean_precision``,
+``degrees_of_freedom``) and the priors in effect (``mean_prior``, ``covariance_prior``
+arrays, the scalar priors in the metadata); :attr:`FittedModel.kind` says which.
+
 Adversarial files (issue 8): only regular files are opened (a FIFO or device would block
 or never end; symlinks are followed to their target); every member's size is bounded
 before it is read (a forged header, a zip bomb or a huge metadata string cannot make
@@ -40,8 +46,10 @@ from ._params import precisions_from_cholesky
 from ._settings import PARAM_DEFAULTS, check_params
 from ._types import param_shape
 from ._validation import n_threads_arg, to_numpy
+from ._variational import BAYES_PARAM_DEFAULTS, check_prior_params
 
 FORMAT_NAME = "gmmfast.GaussianMixture"
+BAYES_FORMAT_NAME = "gmmfast.BayesianGaussianMixture"
 FORMAT_VERSION = 1
 _ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 # Parameters stored in the file; array-valued *_init parameters are not (they only
@@ -64,6 +72,11 @@ _SCALAR_PARAMS = (
     "learning_offset",
     "missing",
 )
+# the Bayesian mixture's scalar parameters (mean_prior and covariance_prior, array-like,
+# are stored as the arrays of the priors in effect)
+_BAYES_ARRAYS = ("weight_concentration", "mean_precision", "degrees_of_freedom", "mean_prior", "covariance_prior")
+_BAYES_SCALARS = ("weight_concentration_prior_", "mean_precision_prior_", "degrees_of_freedom_prior_",
+                  "mean_prior_given", "covariance_prior_given")
 # An upper bound on what a model file may declare, so that a malicious header cannot
 # make load() allocate without limit before the checks run.
 _MAX_ELEMENTS = 1 << 31
@@ -103,6 +116,11 @@ class FittedModel:
     n_reseeds: int = 0
     n_batch_iter: Optional[int] = None
     precisions: Optional[np.ndarray] = None
+    #: "GaussianMixture" or "BayesianGaussianMixture"
+    kind: str = "GaussianMixture"
+    #: the Bayesian mixture's posterior and prior arrays (_BAYES_ARRAYS, float64) and
+    #: scalar priors (_BAYES_SCALARS); None for a GaussianMixture
+    bayes: Optional[dict] = None
 
 
 def _json_scalar(value):
@@ -117,17 +135,19 @@ def _json_scalar(value):
 
 def save_model(model: FittedModel, path) -> None:
     """Write a fitted model to ``path`` (see the module docstring)."""
+    bayes = model.kind == "BayesianGaussianMixture"
+    defaults = BAYES_PARAM_DEFAULTS if bayes else PARAM_DEFAULTS
     meta = {
-        "format": FORMAT_NAME,
+        "format": BAYES_FORMAT_NAME if bayes else FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "gmmfast_version": _core.__version__,
         "dtype": str(to_numpy(model.means).dtype),
         # 'missing' (newer than format version 1) only when set, so that files of models
         # without it stay readable by gmmfast versions that do not know it
         "params": {
-            k: _json_scalar(model.params.get(k, PARAM_DEFAULTS[k]))
-            for k in _SCALAR_PARAMS
-            if k != "missing" or model.params.get(k, PARAM_DEFAULTS[k]) != PARAM_DEFAULTS[k]
+            k: _json_scalar(model.params.get(k, defaults[k]))
+            for k in defaults
+            if k != "missing" or model.params.get(k, defaults[k]) != defaults[k]
         },
         "n_features_in": int(model.n_features_in),
         "feature_names_in": (
@@ -148,6 +168,11 @@ def save_model(model: FittedModel, path) -> None:
         meta["n_batch_iter"] = int(model.n_batch_iter)
     # a model fitted on torch tensors is saved like any other (loading gives NumPy arrays)
     arrays = {name: np.ascontiguousarray(to_numpy(getattr(model, name))) for name in _ARRAYS}
+    if bayes:
+        meta["bayes"] = {k: _json_scalar(model.bayes[k]) for k in _BAYES_SCALARS}
+        # np.array, not ascontiguousarray: that makes a 0-d array (tied degrees of
+        # freedom, a spherical covariance_prior) 1-d
+        arrays.update({k: np.array(to_numpy(model.bayes[k]), dtype=np.float64, order="C") for k in _BAYES_ARRAYS})
     write_npz_atomically(path, {"metadata": np.array(json.dumps(meta)), **arrays})
 
 
@@ -255,18 +280,28 @@ def read_model(path) -> FittedModel:
             missing = [n for n in ("metadata",) + _ARRAYS if n not in names]
             if missing:
                 raise _fail(path, f"missing entries {missing}")
-            for name in ("metadata",) + _ARRAYS:
-                _check_member_size(archive, name, path)
+            _check_member_size(archive, "metadata", path)
             meta = _read_metadata(archive, path)
+            bayes = meta["format"] == BAYES_FORMAT_NAME
+            members = _ARRAYS + (_BAYES_ARRAYS if bayes else ())
+            missing = [n for n in members if n not in names]
+            if missing:
+                raise _fail(path, f"missing entries {missing}")
+            for name in members:
+                _check_member_size(archive, name, path)
             params, expected, dtype = _params_from_metadata(meta, path)
             _check_memory(expected, dtype, path)
             arrays = {}
-            for name in _ARRAYS:
+            for name in members:
                 # shape and dtype come from the member's header, checked before any
                 # allocation: a forged header cannot make load() allocate without limit
-                _check_header(archive, name, expected[name], dtype, path)
+                _check_header(archive, name, expected[name], dtype if name in _ARRAYS else "float64", path)
                 arrays[name] = _read_array(archive, name, path)
-    return _fitted_model(params, meta, arrays, dtype, path)
+    model = _fitted_model(params, meta, arrays, dtype, path)
+    if bayes:
+        model.kind = "BayesianGaussianMixture"
+        model.bayes = _bayes_fields(meta, arrays, params, path)
+    return model
 
 
 def _open_regular_file(path):
@@ -345,9 +380,9 @@ def _read_metadata(archive, path) -> dict:
         meta = json.loads(str(raw))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
         raise _fail(path, f"metadata is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT_NAME, BAYES_FORMAT_NAME):
         found = meta.get("format") if isinstance(meta, dict) else meta
-        raise _fail(path, f"format is {found!r}, expected {FORMAT_NAME!r}")
+        raise _fail(path, f"format is {found!r}, expected {FORMAT_NAME!r} or {BAYES_FORMAT_NAME!r}")
     version = meta.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise _fail(path, f"format_version {version!r} is not a positive integer")
@@ -431,16 +466,20 @@ def _params_from_metadata(meta, path):
     params = meta.get("params")
     if not isinstance(params, dict):
         raise _fail(path, "metadata has no 'params' object")
-    unknown = set(params) - set(_SCALAR_PARAMS)
+    bayes = meta["format"] == BAYES_FORMAT_NAME
+    defaults = BAYES_PARAM_DEFAULTS if bayes else PARAM_DEFAULTS
+    unknown = set(params) - set(defaults)
     if unknown:
         raise _fail(path, f"unknown parameters {sorted(unknown)[:10]}")
     for key, value in params.items():
         # save_model writes JSON scalars only; a list or object would reach the estimator
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise _fail(path, f"parameter {key!r} is {type(value).__name__}, expected a number, string or null")
-    params = {**{k: PARAM_DEFAULTS[k] for k in _SCALAR_PARAMS}, **params}
+    params = {**defaults, **params}
     try:
         check_params(params)
+        if bayes:
+            check_prior_params(params)
         n_threads_arg(params["n_threads"])  # the estimator checks n_threads >= 1 only
     except (TypeError, ValueError) as exc:
         raise _fail(path, f"invalid parameters ({exc})") from exc
@@ -460,7 +499,40 @@ def _params_from_metadata(meta, path):
         "covariances": param_shape(t, K, D),
         "precisions_cholesky": param_shape(t, K, D),
     }
+    if bayes:
+        expected.update(
+            weight_concentration=(2, K) if params["weight_concentration_prior_type"] == "dirichlet_process" else (K,),
+            mean_precision=(K,),
+            degrees_of_freedom=() if t == "tied" else (K,),
+            mean_prior=(D,),
+            covariance_prior={"full": (D, D), "tied": (D, D), "diag": (D,), "spherical": ()}[t],
+        )
     return params, expected, dtype
+
+
+def _bayes_fields(meta, arrays, params, path) -> dict:
+    """The Bayesian mixture's posterior and priors, checked: positive concentrations,
+    mean precisions and scale, degrees of freedom above n_features − 1."""
+    scalars = meta.get("bayes")
+    if not isinstance(scalars, dict):
+        raise _fail(path, "metadata has no 'bayes' object")
+    D = arrays["means"].shape[1]
+    out = {k: arrays[k] for k in _BAYES_ARRAYS}
+    for key in _BAYES_SCALARS[:3]:
+        out[key] = _get_number(scalars, key, path, allow=lambda v: np.isfinite(v) and v > 0)
+    for key in _BAYES_SCALARS[3:]:
+        if not isinstance(scalars.get(key), bool):
+            raise _fail(path, f"metadata field {key!r} is {_short(scalars.get(key))}, expected true or false")
+        out[key] = scalars[key]
+    if not (np.all(out["weight_concentration"] > 0) and np.all(out["mean_precision"] > 0)):
+        raise _fail(path, "weight_concentration and mean_precision must be positive")
+    if np.any(out["degrees_of_freedom"] <= D - 1) or out["degrees_of_freedom_prior_"] <= D - 1:
+        raise _fail(path, f"degrees of freedom must be greater than n_features - 1 = {D - 1}")
+    cov = out["covariance_prior"]
+    positive = np.all(np.linalg.eigvalsh(cov) > 0) if cov.ndim == 2 else np.all(cov > 0)
+    if not positive or (cov.ndim == 2 and not np.allclose(cov, cov.T)):
+        raise _fail(path, "covariance_prior is not positive definite")
+    return out
 
 
 def _check_consistent(cov, precisions, U, t, dtype, eig, path):

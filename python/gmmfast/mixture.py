@@ -431,11 +431,18 @@ class GaussianMixture(MixtureEstimator):
         return -2 * self.score(X, sample_weight=sample_weight) * n + 2 * self._n_parameters()
 
 
-def load(path) -> GaussianMixture:
-    """A fitted estimator from a model file written by :meth:`GaussianMixture.save`.
+def load(path):
+    """A fitted estimator from a model file written by ``save`` of a
+    :class:`GaussianMixture` or a :class:`gmmfast.BayesianGaussianMixture` (the class
+    the file says).
 
     The file is read and checked by :func:`gmmfast.io.read_model`: FileNotFoundError
     when ``path`` does not exist, :class:`gmmfast.ModelFileError` (a ValueError) saying
     what is wrong with anything that is not a valid model file.
     """
-    return GaussianMixture._from_fitted_model(read_model(path))
+    model = read_model(path)
+    if model.kind == "BayesianGaussianMixture":
+        from .bayesian import BayesianGaussianMixture
+
+        return BayesianGaussianMixture._from_fitted_model(model)
+    return GaussianMixture._from_fitted_model(model)

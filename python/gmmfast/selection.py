@@ -42,10 +42,11 @@ from . import _core, ops
 from ._compat import ConvergenceWarning
 from ._types import COVARIANCE_TYPES
 from ._validation import check_random_state, rng_state_bytes, set_rng_state
+from .bayesian import EFFECTIVE_WEIGHT
 from .mixture import GaussianMixture
 from .sources.array import ArraySource
 
-__all__ = ["select_model", "ModelSelection"]
+__all__ = ["select_model", "ModelSelection", "effective_components"]
 
 _CRITERIA = ("bic", "aic")
 # Estimator parameters that make no sense across models of different sizes, or that
@@ -60,6 +61,7 @@ _RESULT_KEYS = (
     "n_iter",
     "converged",
     "fit_seconds",
+    "n_effective",
 )
 
 
@@ -85,8 +87,10 @@ class ModelSelection:
         keys n_components, covariance_type, bic, aic, log_likelihood (mean per sample,
         weighted when sample_weight was given), n_iter, converged, fit_seconds (wall time
         of that model's fit; the first covariance type of each n_components also pays for
-        the shared k-means initialisation) and error (None, or why the model could not be
-        fitted: its bic/aic are then inf).
+        the shared k-means initialisation), n_effective (the effective number of
+        components: those whose weight is above :data:`gmmfast.bayesian.EFFECTIVE_WEIGHT`
+        = 0.01; fewer than n_components when EM emptied components) and error (None, or
+        why the model could not be fitted: its bic/aic are then inf).
     best_estimator_ : GaussianMixture
         The fitted model with the lowest criterion. Its ``random_state`` is the integer
         seed every model used, so ``clone(best_estimator_).fit(X)`` refits it exactly.
@@ -129,12 +133,12 @@ class ModelSelection:
     def table(self) -> str:
         """The results as an aligned text table; the best model's row starts with '*'."""
         crit = self.criterion.upper()
-        header = ["K", "covariance", "BIC", "AIC", "mean log-lik", "iters", "converged", "time (s)"]
+        header = ["K", "covariance", "BIC", "AIC", "mean log-lik", "iters", "converged", "time (s)", "eff. K"]
         rows = []
         for r in self.results:
             if r.get("error"):
                 rows.append([str(r["n_components"]), r["covariance_type"], "-", "-", "-", "-",
-                             "failed", f"{r['fit_seconds']:.3f}"])
+                             "failed", f"{r['fit_seconds']:.3f}", "-"])
                 continue
             rows.append(
                 [
@@ -146,6 +150,7 @@ class ModelSelection:
                     str(r["n_iter"]),
                     "yes" if r["converged"] else "NO",
                     f"{r['fit_seconds']:.3f}",
+                    str(r["n_effective"]),
                 ]
             )
         widths = [max(len(header[j]), *(len(row[j]) for row in rows)) for j in range(len(header))]
@@ -409,7 +414,7 @@ def select_model(
             est._shared_cache = cache
             row = dict(n_components=k, covariance_type=t, bic=math.inf, aic=math.inf,
                        log_likelihood=-math.inf, n_iter=0, converged=False, fit_seconds=0.0,
-                       error=None)
+                       n_effective=0, error=None)
             start = perf_counter()
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -441,6 +446,7 @@ def select_model(
                 log_likelihood=ll,
                 n_iter=int(est.n_iter_),
                 converged=bool(est.converged_),
+                n_effective=effective_components(est.weights_),
             )
             if not est.converged_ and est.max_iter > 0:
                 not_converged.append(f"(n_components={k}, {t!r})")
@@ -467,6 +473,13 @@ def select_model(
     if names is not None:
         best_est.feature_names_in_ = names
     return ModelSelection(results, best, best_est, criterion, seed, n_samples, n_features)
+
+
+def effective_components(weights, threshold: float = EFFECTIVE_WEIGHT) -> int:
+    """The effective number of components of a mixture: those whose weight is above
+    ``threshold`` (default 0.01, :data:`gmmfast.bayesian.EFFECTIVE_WEIGHT`, the same
+    rule as BayesianGaussianMixture.n_effective_components_)."""
+    return int(np.sum(np.asarray(weights, dtype=np.float64) > threshold))
 
 
 def _to_plain(est: GaussianMixture) -> None:

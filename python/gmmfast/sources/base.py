@@ -144,9 +144,10 @@ class DataSource:
 
 def mixture_in_dtype(params: MixtureParams, dtype) -> tuple:
     """(log-weights, means, precision Cholesky factors) in the data's dtype: the mixture
-    as the E-step kernels take it."""
+    as the E-step kernels take it (the log-weights are ``params.log_weights`` when set)."""
+    lw = log_weights(params.weights) if params.log_weights is None else params.log_weights
     return (
-        log_weights(params.weights).astype(dtype),
+        np.asarray(lw, dtype=np.float64).astype(dtype),
         params.means.astype(dtype),
         params.precisions_cholesky.astype(dtype),
     )

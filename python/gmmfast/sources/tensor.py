@@ -96,9 +96,10 @@ class TensorSource(DataSource):
     def em_stats(self, params: MixtureParams, settings) -> TensorStats:
         dt = self.X.dtype
         means = params.means.to(dt)
+        lw = torch.log(params.weights) if params.log_weights is None else params.log_weights
         scalars, nk, s1, s2 = torch.ops.gmmfast.em_stats(
             self.X,
-            torch.log(params.weights).to(dt),
+            lw.to(dt),
             means,
             params.precisions_cholesky.to(dt),
             means,
@@ -149,6 +150,7 @@ class TensorSource(DataSource):
             dev(params.covariances),
             dev(params.precisions_cholesky),
             dev(params.log_det_cholesky),
+            dev(params.log_weights),
         )
 
     def to_host(self, params: MixtureParams) -> MixtureParams:
@@ -162,6 +164,7 @@ class TensorSource(DataSource):
             host(params.covariances),
             host(params.precisions_cholesky),
             host(params.log_det_cholesky),
+            host(params.log_weights),
         )
 
     def attributes(self, params: MixtureParams) -> dict:
