@@ -283,3 +283,6 @@ def test_cli_fit_csv_with_empty_cells(tmp_path, capsys):
     (tmp_path / "i.csv").write_text("1,2\n3,inf\n4,\n")
     assert cli.main(["fit", str(tmp_path / "i.csv"), "-k", "1", "--missing", "em", "-q"]) == 1
     assert "row 2 contains infinity" in capsys.readouterr().err
+    # the Bayesian mixture has no missing-value EM: a clear error, before the data is read
+    assert cli.main(["fit", data, "-k", "2", "--bayesian", "--missing", "em", "-q"]) == 1
+    assert "--missing em fits the maximum-likelihood mixture only" in capsys.readouterr().err

@@ -138,6 +138,9 @@ def cmd_fit(args) -> int:
                              "covariance_prior") if getattr(args, o) is not None]
         if given:
             raise CLIError(f"--{given[0].replace('_', '-')} is a prior of the Bayesian mixture: add --bayesian")
+    if bayes is not None and args.missing == "em":
+        raise CLIError("--missing em fits the maximum-likelihood mixture only: drop --bayesian, "
+                       "or fill the empty cells first")
     is_npy = os.path.splitext(os.fspath(args.data))[1].lower() == ".npy"
     if streaming and not is_npy:
         raise CLIError(
@@ -178,7 +181,7 @@ def cmd_fit(args) -> int:
         n_threads=args.threads,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
-        missing=args.missing,
+        **({} if bayes is not None else {"missing": args.missing}),
     )
     start = perf_counter()
     block_rows = args.chunk_size or 10_000
@@ -268,7 +271,7 @@ def cmd_fit(args) -> int:
 def cmd_predict(args) -> int:
     model = _load_model(args.model)
     X, _ = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header,
-                     missing=model.missing == "em")
+                     missing=getattr(model, "missing", "error") == "em")
     _check_features(model, X, args.data, args.model)
     if args.proba:
         out, fmt = _quiet_feature_names(model.predict_proba, X), "%.10g"
@@ -286,7 +289,7 @@ def cmd_predict(args) -> int:
 def cmd_score(args) -> int:
     model = _load_model(args.model)
     X, _ = load_data(args.data, delimiter=args.delimiter, skip_header=args.skip_header,
-                     missing=model.missing == "em")
+                     missing=getattr(model, "missing", "error") == "em")
     _check_features(model, X, args.data, args.model)
     sw = None if args.weights is None else _load_weights(args.weights, X.shape[0], args)
     ll = _quiet_feature_names(model.score, X, sample_weight=sw)
