@@ -57,6 +57,11 @@ def machine_lines(res: dict) -> list:
         f"- gmmfast build: {b.get('compiler')}, {b.get('build_type')}, ISA {b.get('isa')}, "
         f"OpenMP {b.get('openmp')}; full fit through `{m['gmmfast_fit_api']}`",
         f"- NumPy matmul: {matmul}",
+        "- FMA peak (`_core.fma_peak`, independent vector FMAs at the dispatcher's ISA "
+        f"width, {m['threads']} threads): "
+        + (", ".join(f"{dt} {v['gflops']:.1f} GFLOP/s ({v['isa']}, {v['lanes']} lanes)"
+                     for dt, v in res.get("fma_peak", {}).items() if "gflops" in v) or "—"),
+        f"- uptime: {m.get('uptime') or '—'}",
         f"- {m['date']}" + (", **--quick sizes**" if res["settings"]["quick"] else ""),
     ] + _busy_warning(m)
 
@@ -132,6 +137,54 @@ def fit_table(res: dict) -> list:
     return _table(header, rows)
 
 
+def fixed_table(res: dict) -> list:
+    """gmmfast and the peers: a fixed number of EM iterations per case."""
+    header = [
+        "case", "implementation", "start", "seconds", "ms / iteration",
+        "gmmfast speed-up (per iteration)", "final mean LL", "LL − gmmfast", "peak extra memory",
+    ]
+    rows = []
+    for case in res["cases"]:
+        first = True
+        for name, row in case.get("fixed", {}).items():
+            label = f"**{case['name']}**" if first else ""
+            first = False
+            if "skipped" in row:
+                rows.append([label, name, _skipped(row)] + [""] * 6)
+                continue
+            d_ll = row.get("ll_minus_gmmfast")
+            rows.append([
+                label, name, row["start"], _num(row["seconds"]),
+                _num(1e3 * row["seconds_per_iteration"]),
+                _speedup(row, "gmmfast_speedup_per_iteration"),
+                f"{row['final_mean_ll']:.6f}",
+                "—" if d_ll is None or name == "gmmfast" else f"{d_ll:+.1e}",
+                _memory(row),
+            ])
+    return _table(header, rows)
+
+
+def ceiling_table(res: dict) -> list:
+    header = [
+        "case", "em_stats ms", "GFLOP performed", "GFLOP/s", "GEMM GFLOP/s", "% of GEMM",
+        "FMA peak GFLOP/s", "% of FMA peak", "convention GFLOP/s (4·N·K·D² or 8·N·K·D)",
+    ]
+    rows = []
+    for case in res["cases"]:
+        c = case.get("ceiling")
+        if not c:
+            continue
+        conv = case["flops_per_iteration"] / (c["em_stats_ms"] / 1e3) / 1e9
+        rows.append([
+            f"**{case['name']}** {case['label']}", _num(c["em_stats_ms"]), _num(c["flops"] / 1e9),
+            _num(c["gflops"]), _num(c["gemm_gflops"]), f"{100 * c['gemm_fraction']:.0f}%",
+            _num(c.get("fma_peak_gflops")),
+            f"{100 * c['fma_peak_fraction']:.0f}%" if "fma_peak_fraction" in c else "—",
+            _num(conv),
+        ])
+    return _table(header, rows)
+
+
 def memory_scaling_table(res: dict) -> list:
     sc = res.get("em_stats_memory")
     if not sc:
@@ -191,6 +244,39 @@ def render(res: dict) -> str:
             "fresh process, above the RSS with the data loaded (— = not measured).",
             "",
         ]
+    if any(c.get("ceiling") for c in res["cases"]):
+        lines += [
+            "### em_stats against this machine's ceilings",
+            "",
+            *ceiling_table(res),
+            "",
+            "GFLOP performed: the arithmetic em_stats's algorithm does (a multiply-add = 2 "
+            "flops; full: N·K·(D(D+1)+3D) for the E-step plus as much again per (row, "
+            "component) with a non-zero responsibility for the M-step; diag/spherical "
+            "9·N·K·D; tied N·(4D+3D(D+1)) + 9·N·K·D; see bench/ceiling.py). GEMM: NumPy's "
+            "matmul at the case's dtype, measured in this run. FMA peak: registers-only "
+            "FMA chains, what the units can do at all. The last column is the old "
+            "convention, for comparison with earlier results.",
+            "",
+        ]
+    if any(c.get("fixed") for c in res["cases"]):
+        peers = res.get("peers", {})
+        skipped = peers.get("skipped") or {}
+        lines += [
+            f"### gmmfast and the peers: {s.get('peer_iters')} EM iterations, "
+            f"convergence checks off (fastest of {s.get('fit_repeat', 1)})",
+            "",
+            *fixed_table(res),
+            "",
+            "start: which starting parameters the library took (see bench/README.md). "
+            "ms / iteration: total / iterations, except mlpack (no way to pass a start: "
+            "the difference between runs of n and 1 iterations after the same k-means). "
+            "Final mean LL: of the final parameters, by gmmfast's float64 E-step for "
+            "every library that exposes them (mlpack: its own gmm_probability). Peak extra "
+            "memory: the run in a fresh process.",
+            "",
+        ] + [f"- peer **{n}** not run: {why}" for n, why in skipped.items()] + (
+            [""] if skipped else [])
     if res.get("em_stats_memory"):
         sc = res["em_stats_memory"]
         lines += [
