@@ -36,6 +36,20 @@ def _skipped(row: dict) -> str:
     return why if why.startswith("failed") else f"skipped ({why})"
 
 
+def _rows_by_case(res: dict, key: str, n_cols: int, case_label, render) -> list:
+    """The rows of a per-case table: each case's label on its first row only, a skipped
+    entry as its reason, the others as ``render(label, name, entry)`` (a list of rows)."""
+    rows = []
+    for case in res["cases"]:
+        for i, (name, entry) in enumerate(case.get(key, {}).items()):
+            label = case_label(case) if i == 0 else ""
+            if "skipped" in entry:
+                rows.append([label, name, _skipped(entry)] + [""] * (n_cols - 3))
+            else:
+                rows.extend(render(label, name, entry))
+    return rows
+
+
 def _table(header: list, rows: list) -> list:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -84,32 +98,29 @@ def iteration_table(res: dict) -> list:
         "case", "implementation", "ms / iteration", "gmmfast speed-up", "GFLOP/s",
         "% of matmul", "extra memory", "agrees with gmmfast",
     ]
-    rows = []
-    for case in res["cases"]:
-        first = True
-        for name, row in case["iteration"].items():
-            label = f"**{case['name']}** {case['label']}" if first else ""
-            first = False
-            if "skipped" in row:
-                rows.append([label, name, _skipped(row)] + [""] * 5)
-                continue
-            check = row.get("check")
-            if check is None:
-                agrees = "(baseline)" if name == "gmmfast" else "—"
-            else:
-                agrees = ("ok " if check["ok"] else "**NO** ") + f"{check['max_rel_error']:.0e}"
-            rows.append([
-                label, name, _num(row["ms"]), _speedup(row), _num(row["gflops"]),
-                f"{100 * row['matmul_fraction']:.0f}%", _memory(row), agrees,
-            ])
-            if check is not None and not check["ok"]:
-                rows.append([
-                    "", "**WARNING**",
-                    f"{name}'s iteration differs from gmmfast's by {check['max_rel_error']:.1e} "
-                    f"(tolerance {check['tolerance']:.0e}): lower bound "
-                    f"{check['lower_bound']:.1e}, means {check['means']:.1e}, "
-                    f"covariances {check['covariances']:.1e}",
-                ] + [""] * 5)
+
+    def render(label, name, row):
+        check = row.get("check")
+        if check is None:
+            agrees = "(baseline)" if name == "gmmfast" else "—"
+        else:
+            agrees = ("ok " if check["ok"] else "**NO** ") + f"{check['max_rel_error']:.0e}"
+        out = [[
+            label, name, _num(row["ms"]), _speedup(row), _num(row["gflops"]),
+            f"{100 * row['matmul_fraction']:.0f}%", _memory(row), agrees,
+        ]]
+        if check is not None and not check["ok"]:
+            out.append([
+                "", "**WARNING**",
+                f"{name}'s iteration differs from gmmfast's by {check['max_rel_error']:.1e} "
+                f"(tolerance {check['tolerance']:.0e}): lower bound "
+                f"{check['lower_bound']:.1e}, means {check['means']:.1e}, "
+                f"covariances {check['covariances']:.1e}",
+            ] + [""] * 5)
+        return out
+
+    rows = _rows_by_case(res, "iteration", len(header),
+                         lambda c: f"**{c['name']}** {c['label']}", render)
     return _table(header, rows)
 
 
@@ -118,22 +129,17 @@ def fit_table(res: dict) -> list:
         "case", "run", "seconds", "n_iter", "final mean LL", "LL − sklearn",
         "gmmfast speed-up", "peak extra memory",
     ]
-    rows = []
-    for case in res["cases"]:
-        first = True
-        for key, row in case["fit"].items():
-            label = f"**{case['name']}**" if first else ""
-            first = False
-            if "skipped" in row:
-                rows.append([label, key, _skipped(row)] + [""] * 5)
-                continue
-            n_iter = f"{row['n_iter']}" + ("" if row["converged"] else " (not converged)")
-            d_ll = row.get("ll_minus_sklearn")
-            rows.append([
-                label, key, _num(row["seconds"]), n_iter, f"{row['lower_bound']:.6f}",
-                "—" if d_ll is None or row["impl"] == "sklearn" else f"{d_ll:+.1e}",
-                _speedup(row), _memory(row),
-            ])
+
+    def render(label, key, row):
+        n_iter = f"{row['n_iter']}" + ("" if row["converged"] else " (not converged)")
+        d_ll = row.get("ll_minus_sklearn")
+        return [[
+            label, key, _num(row["seconds"]), n_iter, f"{row['lower_bound']:.6f}",
+            "—" if d_ll is None or row["impl"] == "sklearn" else f"{d_ll:+.1e}",
+            _speedup(row), _memory(row),
+        ]]
+
+    rows = _rows_by_case(res, "fit", len(header), lambda c: f"**{c['name']}**", render)
     return _table(header, rows)
 
 
@@ -143,24 +149,19 @@ def fixed_table(res: dict) -> list:
         "case", "implementation", "start", "seconds", "ms / iteration",
         "gmmfast speed-up (per iteration)", "final mean LL", "LL − gmmfast", "peak extra memory",
     ]
-    rows = []
-    for case in res["cases"]:
-        first = True
-        for name, row in case.get("fixed", {}).items():
-            label = f"**{case['name']}**" if first else ""
-            first = False
-            if "skipped" in row:
-                rows.append([label, name, _skipped(row)] + [""] * 6)
-                continue
-            d_ll = row.get("ll_minus_gmmfast")
-            rows.append([
-                label, name, row["start"], _num(row["seconds"]),
-                _num(1e3 * row["seconds_per_iteration"]),
-                _speedup(row, "gmmfast_speedup_per_iteration"),
-                f"{row['final_mean_ll']:.6f}",
-                "—" if d_ll is None or name == "gmmfast" else f"{d_ll:+.1e}",
-                _memory(row),
-            ])
+
+    def render(label, name, row):
+        d_ll = row.get("ll_minus_gmmfast")
+        return [[
+            label, name, row["start"], _num(row["seconds"]),
+            _num(1e3 * row["seconds_per_iteration"]),
+            _speedup(row, "gmmfast_speedup_per_iteration"),
+            f"{row['final_mean_ll']:.6f}",
+            "—" if d_ll is None or name == "gmmfast" else f"{d_ll:+.1e}",
+            _memory(row),
+        ]]
+
+    rows = _rows_by_case(res, "fixed", len(header), lambda c: f"**{c['name']}**", render)
     return _table(header, rows)
 
 
