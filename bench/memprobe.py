@@ -166,7 +166,12 @@ def _child_measure(job: dict) -> dict:
 
     # warm-up on a slice: library start-up costs are not the operation's memory
     n_warm = min(X.shape[0], max(2000, 4 * job.get("n_components", 1)))
-    _operation(dict(job, max_iter=2), X[:n_warm])()
+    warm_up = "ok"
+    try:
+        _operation(dict(job, max_iter=2), X[:n_warm])()
+    except Exception as exc:  # e.g. a peer that fails on the small slice: measure anyway
+        warm_up = (f"failed ({type(exc).__name__}: {exc}): the peak includes the "
+                   "library's first-call costs")
 
     operation = _operation(job, X)
     gc.collect()
@@ -190,5 +195,6 @@ def _child_measure(job: dict) -> dict:
         "data_mb": X.nbytes / 2**20,
         "seconds": seconds,
         "method": method,
+        "warm_up": warm_up,
     }
 
