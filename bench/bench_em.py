@@ -125,6 +125,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="EM iterations of the fixed-iteration comparison with the peers "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--peer-budget", type=float, default=60.0, metavar="SECONDS",
+        help="a peer whose fixed-iteration run would take longer runs it once, with "
+        "fewer iterations (at least 2), and says so (default %(default)s)",
+    )
     p.add_argument("--no-fit", action="store_true", help="skip the full fits")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     p.add_argument("--no-torch-fit", action="store_true", help="skip torch's EM fit")

@@ -162,10 +162,9 @@ def agreement(out: impls.IterationOutput, ref: impls.IterationOutput, dtype: str
 
 
 def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir: str,
-             peak: dict | None = None, peers: dict | None = None) -> dict:
-    """One case. ``peak``: the FMA ceiling by dtype; ``peers``: the peers to run in the
-    fixed-iteration comparison (None: none, not even gmmfast's row)."""
-    peak = peak or {}
+             peers: dict | None = None) -> dict:
+    """One case. ``peers``: the peers to run in the fixed-iteration comparison (None:
+    none, not even gmmfast's row)."""
     n, d, k, cov_type = case.n_samples, case.n_features, case.n_components, case.covariance_type
     n_threads = args.threads
     log(f"== {case.name}: {case.shape_label}")
@@ -219,9 +218,7 @@ def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir
                 log(f"   WARNING: {name} disagrees with gmmfast: {row['check']}")
 
     # ---- em_stats against this machine's ceilings, with the flops it performs
-    result["ceiling"] = ceiling.kernel_ceiling(
-        case, X, init, n_threads, args.repeat, matmul[case.dtype], peak.get(case.dtype, {})
-    )
+    result["ceiling"] = ceiling.kernel_ceiling(case, X, init, n_threads, args.repeat)
     c = result["ceiling"]
     log(f"   em_stats {c['em_stats_ms']:.2f} ms, {c['gflops']:.1f} GFLOP/s performed = "
         f"{100 * c['gemm_fraction']:.0f}% of GEMM"
@@ -260,7 +257,7 @@ def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir
                 job["init"] = fit_init
             row["memory"] = _probe(job)
             log(f"   fit memory {key:16s} {_mb(row['memory'])}")
-        peer_runs.fixed_memory(result["fixed"], base, args.peer_iters, _probe, log)
+        peer_runs.fixed_memory(result["fixed"], base, _probe, log)
         os.remove(path)
     result["elapsed_s"] = time.perf_counter() - started
     log(f"   ({result['elapsed_s']:.1f} s)")
@@ -533,7 +530,7 @@ def run(args) -> dict:
                        any(name in implementations for name in torch_based))
     with tempfile.TemporaryDirectory(prefix="gmmfast-bench-") as tmpdir:
         case_results = [
-            run_case(case, args, implementations, matmul, tmpdir, peak, peers)
+            run_case(case, args, implementations, matmul, tmpdir, peers)
             for case in selected
         ]
         scaling = None if args.no_memory else memory_scaling(args, implementations, tmpdir)
@@ -557,6 +554,8 @@ def run(args) -> dict:
             "flop_convention": "full/tied 4*N*K*D^2, diag/spherical 8*N*K*D per iteration",
             "agreement_tolerance": AGREEMENT_TOL,
             "peer_iters": getattr(args, "peer_iters", None),
+            "peer_budget_s": getattr(args, "peer_budget", None),
+            "peer_memory_iters": peer_runs.MEMORY_ITERS,
         },
         "machine": machine,
         "matmul": matmul,

@@ -66,18 +66,33 @@ def fixed_rows(case, X, init, args, chosen: dict, timed, log) -> dict:
             log(f"   fixed {name:12s} skipped: {why}")
             continue
         try:
-            times, out = timed(lambda: impl.em_fixed(X, init, n_iter, n_threads), args.fit_repeat)
+            # one iteration first: mlpack's baseline, everyone's cost estimate
+            one, _ = timed(lambda: impl.em_fixed(X, init, 1, n_threads), 1)
+            m, repeat = n_iter, args.fit_repeat
+            if name != "gmmfast" and one[0] * n_iter * repeat > args.peer_budget:
+                repeat = 1
+                if one[0] * n_iter > args.peer_budget:
+                    m = max(2, int(args.peer_budget // one[0]))
+                    row["reduced"] = (f"{m} iterations instead of {n_iter}: a 1-iteration run "
+                                      f"took {one[0]:.1f} s (--peer-budget {args.peer_budget:g} s)")
+            row["n_iter"] = m
+            times, out = timed(lambda: impl.em_fixed(X, init, m, n_threads), repeat)
             row.update(seconds=min(times), seconds_all=times)
             if getattr(impl, "per_iteration", "") == "difference":
                 # the same seed, hence the same k-means, with one EM iteration
-                base, _ = timed(lambda: impl.em_fixed(X, init, 1, n_threads), args.fit_repeat)
-                row["seconds_one_iteration_run"] = min(base)
-                per = (row["seconds"] - min(base)) / max(n_iter - 1, 1)
+                if repeat > 1:
+                    more, _ = timed(lambda: impl.em_fixed(X, init, 1, n_threads), repeat - 1)
+                    one += more
+                row["seconds_one_iteration_run"] = min(one)
+                per = (row["seconds"] - min(one)) / (m - 1)
                 row["per_iteration_method"] = (
-                    f"(time of {n_iter} iterations - time of 1) / {n_iter - 1}, same k-means")
+                    f"(time of {m} iterations - time of 1) / {m - 1}, same k-means")
+                if per <= 0:  # the machine's noise exceeded the EM time: no estimate
+                    row["per_iteration_method"] += ": not measurable in this run (<= 0)"
+                    per = None
             else:
-                per = row["seconds"] / n_iter
-                row["per_iteration_method"] = f"time of {n_iter} iterations / {n_iter}"
+                per = row["seconds"] / m
+                row["per_iteration_method"] = f"time of {m} iterations / {m}"
             row["seconds_per_iteration"] = per
             row["final_mean_ll"] = mean_log_likelihood(X64, case.covariance_type, out, n_threads)
             row["iterations_run"] = out.n_iter
@@ -86,24 +101,35 @@ def fixed_rows(case, X, init, args, chosen: dict, timed, log) -> dict:
             log(f"   fixed {name:12s} FAILED {exc!r}")
             continue
         rows[name] = row
-        log(f"   fixed {name:12s} {row['seconds']:8.3f} s  {1e3 * per:9.2f} ms/it  "
+        per_text = "       n/a" if per is None else f"{1e3 * per:10.2f}"
+        log(f"   fixed {name:12s} {row['seconds']:8.3f} s {per_text} ms/it  "
             f"LL={row['final_mean_ll']:.6f}")
     gm = rows.get("gmmfast", {})
     for name, row in rows.items():
         if "seconds" in row and "seconds" in gm:
             row["gmmfast_speedup"] = row["seconds"] / gm["seconds"]
-            row["gmmfast_speedup_per_iteration"] = (
-                row["seconds_per_iteration"] / gm["seconds_per_iteration"])
-            row["ll_minus_gmmfast"] = row["final_mean_ll"] - gm["final_mean_ll"]
+            if row["seconds_per_iteration"] is not None:
+                row["gmmfast_speedup_per_iteration"] = (
+                    row["seconds_per_iteration"] / gm["seconds_per_iteration"])
+            if row["n_iter"] == gm["n_iter"]:  # comparable only after as many iterations
+                row["ll_minus_gmmfast"] = row["final_mean_ll"] - gm["final_mean_ll"]
     return rows
 
 
-def fixed_memory(rows: dict, base: dict, n_iter: int, probe, log) -> None:
-    """Peak extra memory of each fixed-iteration run, each in a fresh process."""
+#: iterations of the memory probe's run: EM holds nothing from one iteration to the
+#: next that grows, so the peak of two iterations is the peak of any number (and the
+#: slow peers' probes stay short)
+MEMORY_ITERS = 2
+
+
+def fixed_memory(rows: dict, base: dict, probe, log) -> None:
+    """Peak extra memory of a MEMORY_ITERS-iteration run of each row, each in a fresh
+    process."""
     for name, row in rows.items():
         if "seconds" not in row:
             continue
-        row["memory"] = probe(dict(base, impl=name, op="em_fixed", n_iter=n_iter))
+        row["memory_n_iter"] = MEMORY_ITERS
+        row["memory"] = probe(dict(base, impl=name, op="em_fixed", n_iter=MEMORY_ITERS))
         mem = row["memory"]
         log(f"   fixed memory {name:12s} "
             + (mem.get("error") or f"+{mem['peak_growth_mb']:.1f} MB"))

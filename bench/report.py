@@ -152,9 +152,11 @@ def fixed_table(res: dict) -> list:
 
     def render(label, name, row):
         d_ll = row.get("ll_minus_gmmfast")
+        seconds = _num(row["seconds"]) + (f" ({row['n_iter']} it)" if "reduced" in row else "")
         return [[
-            label, name, row["start"], _num(row["seconds"]),
-            _num(1e3 * row["seconds_per_iteration"]),
+            label, name, row["start"], seconds,
+            "n/a" if row["seconds_per_iteration"] is None
+            else _num(1e3 * row["seconds_per_iteration"]),
             _speedup(row, "gmmfast_speedup_per_iteration"),
             f"{row['final_mean_ll']:.6f}",
             "—" if d_ll is None or name == "gmmfast" else f"{d_ll:+.1e}",
@@ -274,7 +276,8 @@ def render(res: dict) -> str:
             "the difference between runs of n and 1 iterations after the same k-means). "
             "Final mean LL: of the final parameters, by gmmfast's float64 E-step for "
             "every library that exposes them (mlpack: its own gmm_probability). Peak extra "
-            "memory: the run in a fresh process.",
+            "memory: a 2-iteration run in a fresh process. A peer slower than "
+            "`--peer-budget` runs once, with fewer iterations (shown in seconds).",
             "",
         ] + [f"- peer **{n}** not run: {why}" for n, why in skipped.items()] + (
             [""] if skipped else [])
