@@ -535,6 +535,7 @@ def run(args) -> dict:
         ]
         scaling = None if args.no_memory else memory_scaling(args, implementations, tmpdir)
 
+    machine["uptime_end"] = _uptime()  # how busy the machine was at the end, too
     return {
         "settings": {
             "quick": args.quick,

@@ -75,7 +75,7 @@ def machine_lines(res: dict) -> list:
         f"width, {m['threads']} threads): "
         + (", ".join(f"{dt} {v['gflops']:.1f} GFLOP/s ({v['isa']}, {v['lanes']} lanes)"
                      for dt, v in res.get("fma_peak", {}).items() if "gflops" in v) or "—"),
-        f"- uptime: {m.get('uptime') or '—'}",
+        f"- uptime at the start: {m.get('uptime') or '—'}; at the end: {m.get('uptime_end') or '—'}",
         f"- {m['date']}" + (", **--quick sizes**" if res["settings"]["quick"] else ""),
     ] + _busy_warning(m)
 
