@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark gmmfast's EM against the NumPy reference, scikit-learn and torch (CPU).
+"""Benchmark gmmfast's EM against the NumPy reference, scikit-learn, torch and the peers
+(mlpack, OpenCV, pomegranate, torchgmm) on the CPU.
 
     python bench/bench_em.py                     # all cases, full sizes
     python bench/bench_em.py --quick             # the same cases, N/20 (well under a minute)
@@ -50,6 +51,23 @@ def _impl_list(text: str) -> list:
     return sorted(set(names) | {"gmmfast"}, key=IMPL_NAMES.index)
 
 
+PEER_NAMES = ("mlpack", "opencv", "pomegranate", "torchgmm")
+
+
+def _peer_list(text: str) -> list:
+    """--peers: names from PEER_NAMES, or 'none' (an empty list: no peer comparison)."""
+    if text.strip() == "none":
+        return []
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in PEER_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{', '.join(PEER_NAMES)} or 'none'"
+        )
+    return names
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -93,6 +111,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         metavar="NAME,...",
         help=f"time only these implementations (gmmfast always runs): {', '.join(IMPL_NAMES)}",
+    )
+    p.add_argument(
+        "--peers",
+        type=_peer_list,
+        default=None,
+        metavar="NAME,...|none",
+        help=f"other libraries to compare, from {', '.join(PEER_NAMES)} (default: all of "
+        "them that are installed; an uninstalled one is skipped with a note)",
+    )
+    p.add_argument(
+        "--peer-iters", type=_positive_int, default=10,
+        help="EM iterations of the fixed-iteration comparison with the peers "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--peer-budget", type=float, default=60.0, metavar="SECONDS",
+        help="a peer whose fixed-iteration run would take longer runs it once, with "
+        "fewer iterations (at least 2), and says so (default %(default)s)",
     )
     p.add_argument("--no-fit", action="store_true", help="skip the full fits")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")

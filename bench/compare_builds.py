@@ -5,7 +5,7 @@
         --after /path/to/new-venv/bin/python --rounds 3 --json out.json [-- bench_em args]
 
 Each interpreter must have its build of gmmfast installed; both run this checkout's
-bench/bench_em.py (gmmfast only: ``--only gmmfast --no-memory`` unless given), so only
+bench/bench_em.py (gmmfast only: ``--only gmmfast --peers none --no-memory`` unless given), so only
 gmmfast differs. The rounds alternate the order (before, after, after, before, ...) so
 that a drift in the machine's load hits both builds alike; every timing is the best of
 its rounds. Prints a markdown table of gmmfast's times (one EM iteration, the complete
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", help="write every number here")
     p.add_argument("bench_args", nargs="*", help="arguments for bench_em.py (after --)")
     args = p.parse_args(argv)
-    extra = list(args.bench_args) or ["--only", "gmmfast", "--no-memory"]
+    extra = list(args.bench_args) or ["--only", "gmmfast", "--peers", "none", "--no-memory"]
     labels = {"before": args.before, "after": args.after}
     runs = {"before": [], "after": []}
     build_info = {}

@@ -20,8 +20,10 @@ import time
 import numpy as np
 
 import cases
+import ceiling
 import impls
 import memprobe
+import peer_runs
 
 #: relative agreement required of every implementation's iteration with gmmfast's.
 #: float64: the implementations differ only in summation order and in scikit-learn's
@@ -50,6 +52,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _uptime() -> str:
+    """`uptime`'s line (load averages over 1, 5 and 15 minutes), or '' without it."""
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def machine_info(n_threads: int, thread_setup: dict, implementations: dict) -> dict:
     import gmmfast
 
@@ -69,6 +81,9 @@ def machine_info(n_threads: int, thread_setup: dict, implementations: dict) -> d
             for name, impl in implementations.items()
         },
         "gmmfast_build_info": gmmfast.build_info(),
+        # the instruction set whose kernels ran (the dispatcher's choice on this CPU)
+        "isa": gmmfast.build_info()["isa"],
+        "uptime": _uptime(),
         "gmmfast_fit_api": impls.Gmmfast.fit_api(),
     }
     try:
@@ -85,16 +100,6 @@ def machine_info(n_threads: int, thread_setup: dict, implementations: dict) -> d
     except ImportError:
         pass
     return info
-
-
-def matmul_gflops(dtype: str, repeat: int = 5) -> dict:
-    """This machine's NumPy matmul rate, the yardstick for the GFLOP/s columns."""
-    n = 2000 if dtype == "float64" else 2500
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(dtype)
-    b = rng.standard_normal((n, n)).astype(dtype)
-    seconds, _ = best_of(lambda: a @ b, repeat)
-    return {"n": n, "seconds": seconds, "gflops": 2.0 * n**3 / seconds / 1e9}
 
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +161,10 @@ def agreement(out: impls.IterationOutput, ref: impls.IterationOutput, dtype: str
 # one case
 
 
-def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir: str) -> dict:
+def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir: str,
+             peers: dict | None = None) -> dict:
+    """One case. ``peers``: the peers to run in the fixed-iteration comparison (None:
+    none, not even gmmfast's row)."""
     n, d, k, cov_type = case.n_samples, case.n_features, case.n_components, case.covariance_type
     n_threads = args.threads
     log(f"== {case.name}: {case.shape_label}")
@@ -167,7 +175,7 @@ def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir
         "name": case.name,
         "label": case.shape_label,
         "case": dataclasses.asdict(case),
-        "flops_per_iteration": case.flops_per_iteration,
+        "flops_per_iteration": case.flops_per_iteration,  # the convention, see cases.py
         "iteration": {},
         "fit": {},
     }
@@ -177,8 +185,13 @@ def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir
     ref_gb = impls.reference_temp_bytes(n, d, k, case.dtype) / 1e9
     for name, impl in implementations.items():
         row = {}
+        why = impl.unsupported(cov_type, case.dtype) if hasattr(impl, "unsupported") else None
         if name == "numpy-ref" and ref_gb > args.ref_memory_limit:
             row["skipped"] = f"memory: ~{ref_gb:.1f} GB of temporaries"
+        elif why:
+            row["skipped"] = why
+        elif not getattr(impl, "has_iteration", True):
+            row["skipped"] = "no one-iteration API: see the fixed-iteration table"
         else:
             try:
                 seconds, outputs[name] = best_of(impl.iteration(X, init, n_threads), args.repeat)
@@ -204,10 +217,22 @@ def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir
             if not row["check"]["ok"]:
                 log(f"   WARNING: {name} disagrees with gmmfast: {row['check']}")
 
+    # ---- em_stats against this machine's ceilings, with the flops it performs
+    result["ceiling"] = ceiling.kernel_ceiling(case, X, init, n_threads, args.repeat)
+    c = result["ceiling"]
+    log(f"   em_stats {c['em_stats_ms']:.2f} ms, {c['gflops']:.1f} GFLOP/s performed = "
+        f"{100 * c['gemm_fraction']:.0f}% of GEMM"
+        + (f", {100 * c['fma_peak_fraction']:.0f}% of FMA peak" if "fma_peak_fraction" in c else ""))
+
     # ---- full fits
     fit_init = None
     if not args.no_fit:
         result["fit"], fit_init = _run_fits(case, X, args, implementations, result["iteration"])
+
+    # ---- gmmfast and the peers: a fixed number of iterations
+    result["fixed"] = {}
+    if peers is not None:
+        result["fixed"] = peer_runs.fixed_rows(case, X, init, args, peers, timed, log)
 
     # ---- peak memory, each measurement in a fresh process
     if not args.no_memory:
@@ -232,6 +257,7 @@ def run_case(case: cases.Case, args, implementations: dict, matmul: dict, tmpdir
                 job["init"] = fit_init
             row["memory"] = _probe(job)
             log(f"   fit memory {key:16s} {_mb(row['memory'])}")
+        peer_runs.fixed_memory(result["fixed"], base, _probe, log)
         os.remove(path)
     result["elapsed_s"] = time.perf_counter() - started
     log(f"   ({result['elapsed_s']:.1f} s)")
@@ -398,6 +424,16 @@ def _evaluate(target: cases.Target, res: dict) -> dict:
             "speedup": speedup,
         }
 
+    if target.kind == "peers":
+        return _evaluate_peers(res)
+    if target.kind == "ceiling":
+        c = res.get("ceiling")
+        if not c:
+            return {"result": "n/a", "measured": "not measured"}
+        ok = c["gemm_fraction"] >= target.min_speedup
+        return {"result": "PASS" if ok else "FAIL", "fraction": c["gemm_fraction"],
+                "measured": f"{100 * c['gemm_fraction']:.0f}% of GEMM" + mark(ok)}
+
     fits = res.get("fit", {})
     same_start = target.kind == "fit-same-start"
     gm = fits.get("gmmfast EM" if same_start else "gmmfast", {})
@@ -428,6 +464,25 @@ def _evaluate(target: cases.Target, res: dict) -> dict:
     return {"result": result, "measured": measured, **out}
 
 
+def _evaluate_peers(res: dict) -> dict:
+    """Every peer's time over gmmfast's, per iteration, in both tables where it ran
+    (the one-iteration table and the fixed-iteration one); PASS when all are > 1."""
+    from peers import PEERS
+
+    ratios = {}
+    for name, row in res.get("iteration", {}).items():
+        if name in PEERS and "gmmfast_speedup" in row:
+            ratios[f"{name} (1 it)"] = row["gmmfast_speedup"]
+    for name, row in res.get("fixed", {}).items():
+        if name in PEERS and "gmmfast_speedup_per_iteration" in row:
+            ratios[f"{name} ({row['n_iter']} it)"] = row["gmmfast_speedup_per_iteration"]
+    if not ratios:
+        return {"result": "n/a", "measured": "no peer ran"}
+    ok = all(r > 1.0 for r in ratios.values())
+    measured = ", ".join(f"{k} {v:.2f}x" + (" ✓" if v > 1.0 else " ✗") for k, v in ratios.items())
+    return {"result": "PASS" if ok else "FAIL", "measured": measured, "ratios": ratios}
+
+
 # --------------------------------------------------------------------------------------
 # entry point
 
@@ -441,6 +496,16 @@ def run(args) -> dict:
     for name in ("sklearn", "torch"):
         if name in implementations:
             implementations[name].version()
+    peer_names = getattr(args, "peers", None)
+    peers, peer_notes = (None, {}) if peer_names == [] else peer_runs.select(peer_names)
+    for name, note in peer_notes.items():
+        log(f"peer {name} skipped: {note}")
+    if peers:
+        for peer in peers.values():  # import them now, so that their pools get pinned
+            peer.version()
+        # the peers with a one-iteration API join the iteration table; the others get
+        # a row there that points to the fixed-iteration table
+        implementations = {**implementations, **peers}
     thread_setup = impls.limit_threads(args.threads)
     # the libraries' objects live until exit: keep the collector from walking them
     # (torch alone makes a full collection take ~0.2 s)
@@ -452,19 +517,25 @@ def run(args) -> dict:
     machine = machine_info(args.threads, thread_setup, implementations)
     load = f"{machine['load_average'][0]:.2f}" if machine["load_average"] else "?"
     log(f"machine: {machine['cpu']}, {args.threads} threads, 1-min load {load}")
-    matmul = {}
+    matmul, peak = {}, {}
     for dtype in sorted({c.dtype for c in selected}):
-        matmul[dtype] = matmul_gflops(dtype, repeat=3 if args.quick else 5)
-        log(f"NumPy matmul {dtype}: {matmul[dtype]['gflops']:.1f} GFLOP/s")
+        matmul[dtype] = ceiling.matmul_gflops(dtype, repeat=3 if args.quick else 5)
+        peak[dtype] = ceiling.fma_peak(dtype, args.threads)
+        log(f"NumPy matmul {dtype}: {matmul[dtype]['gflops']:.1f} GFLOP/s; FMA peak "
+            f"({machine['isa']}): {peak[dtype].get('gflops', float('nan')):.1f} GFLOP/s")
 
     if not args.no_memory:
-        memprobe.start("sklearn" in implementations, "torch" in implementations)
+        torch_based = ("torch", "pomegranate", "torchgmm")
+        memprobe.start("sklearn" in implementations,
+                       any(name in implementations for name in torch_based))
     with tempfile.TemporaryDirectory(prefix="gmmfast-bench-") as tmpdir:
         case_results = [
-            run_case(case, args, implementations, matmul, tmpdir) for case in selected
+            run_case(case, args, implementations, matmul, tmpdir, peers)
+            for case in selected
         ]
         scaling = None if args.no_memory else memory_scaling(args, implementations, tmpdir)
 
+    machine["uptime_end"] = _uptime()  # how busy the machine was at the end, too
     return {
         "settings": {
             "quick": args.quick,
@@ -483,9 +554,20 @@ def run(args) -> dict:
             "reg_covar": cases.REG_COVAR,
             "flop_convention": "full/tied 4*N*K*D^2, diag/spherical 8*N*K*D per iteration",
             "agreement_tolerance": AGREEMENT_TOL,
+            "peer_iters": getattr(args, "peer_iters", None),
+            "peer_budget_s": getattr(args, "peer_budget", None),
+            "peer_memory_iters": peer_runs.MEMORY_ITERS,
         },
         "machine": machine,
         "matmul": matmul,
+        "fma_peak": peak,
+        "em_stats_flop_count": ceiling.FLOP_FORMULAS,
+        "peers": {
+            "run": list(peers or {}),
+            "skipped": peer_notes,
+            "start": {name: p.start for name, p in (peers or {}).items()},
+            "per_iteration": {name: p.per_iteration for name, p in (peers or {}).items()},
+        },
         "implementations": list(implementations),
         "cases": case_results,
         "em_stats_memory": scaling,

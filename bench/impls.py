@@ -29,6 +29,7 @@ import gmmfast.reference as reference
 from gmmfast import MixtureParams
 
 from cases import MAX_ITER, REG_COVAR, TOL
+from peers import PEERS, FixedOutput
 
 
 @dataclass
@@ -162,6 +163,13 @@ class Gmmfast:
     def em_from(self, X, init: MixtureParams, n_threads, max_iter=MAX_ITER):
         res = ops.em(X, init, tol=TOL, max_iter=max_iter, reg_covar=REG_COVAR, n_threads=n_threads)
         return FitOutput(res.n_iter, res.lower_bound, res.converged)
+
+    def em_fixed(self, X, init: MixtureParams, n_iter, n_threads) -> FixedOutput:
+        """Exactly ``n_iter`` iterations (tol=-1: |change| < -1 never holds), the
+        peers' comparison (peer_runs.py)."""
+        res = ops.em(X, init, tol=-1.0, max_iter=n_iter, reg_covar=REG_COVAR, n_threads=n_threads)
+        p = res.params
+        return FixedOutput(res.n_iter, p.weights, p.means, p.covariances)
 
 
 def initial_params(X, n_components, covariance_type, n_threads) -> MixtureParams:
@@ -385,6 +393,11 @@ class Torch:
 
 
 IMPLEMENTATIONS = {impl.name: impl for impl in (Gmmfast(), Reference(), Sklearn(), Torch())}
+
+
+def lookup(name: str):
+    """An implementation or a peer (peers.py) by name (the memory probe's children)."""
+    return IMPLEMENTATIONS[name] if name in IMPLEMENTATIONS else PEERS[name]
 
 
 def available_implementations() -> dict:

@@ -51,8 +51,9 @@ def start(with_sklearn: bool, with_torch: bool) -> None:
 def measure(job: dict, timeout: float = 3600.0) -> dict:
     """Run ``job`` in a fresh child; returns its report, or {"error": ...}.
 
-    job keys: impl (name in impls.IMPLEMENTATIONS), op ("iteration", "em_stats",
-    "fit", "em_from"), data (path of a .npy file), init (MixtureParams, for
+    job keys: impl (name in impls.IMPLEMENTATIONS or peers.PEERS), op ("iteration",
+    "em_stats", "fit", "em_from", "em_fixed" with n_iter), data (path of a .npy
+    file), init (MixtureParams, for
     iteration/em_stats/em_from), n_components, covariance_type, n_threads.
     """
     if _CTX is None:
@@ -123,9 +124,11 @@ def _operation(job, X):
     """A zero-argument callable running the job's operation on X."""
     import impls
 
-    impl = impls.IMPLEMENTATIONS[job["impl"]]
+    impl = impls.lookup(job["impl"])
     op, n_threads = job["op"], job["n_threads"]
     max_iter = job.get("max_iter", impls.MAX_ITER)
+    if op == "em_fixed":  # the warm-up passes max_iter=2
+        return lambda: impl.em_fixed(X, job["init"], min(job["n_iter"], max_iter), n_threads)
     if op == "iteration":
         return impl.iteration(X, job["init"], n_threads)
     if op == "em_stats":
@@ -156,14 +159,19 @@ def _child_measure(job: dict) -> dict:
 
     import impls
 
-    if job["impl"] == "torch":
+    if job["impl"] in ("torch", "pomegranate", "torchgmm"):
         import torch  # noqa: F401  (so that limit_threads sets torch's pool too)
     impls.limit_threads(job["n_threads"])
     X = np.load(job["data"])
 
     # warm-up on a slice: library start-up costs are not the operation's memory
     n_warm = min(X.shape[0], max(2000, 4 * job.get("n_components", 1)))
-    _operation(dict(job, max_iter=2), X[:n_warm])()
+    warm_up = "ok"
+    try:
+        _operation(dict(job, max_iter=2), X[:n_warm])()
+    except Exception as exc:  # e.g. a peer that fails on the small slice: measure anyway
+        warm_up = (f"failed ({type(exc).__name__}: {exc}): the peak includes the "
+                   "library's first-call costs")
 
     operation = _operation(job, X)
     gc.collect()
@@ -187,5 +195,6 @@ def _child_measure(job: dict) -> dict:
         "data_mb": X.nbytes / 2**20,
         "seconds": seconds,
         "method": method,
+        "warm_up": warm_up,
     }
 

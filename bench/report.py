@@ -36,6 +36,20 @@ def _skipped(row: dict) -> str:
     return why if why.startswith("failed") else f"skipped ({why})"
 
 
+def _rows_by_case(res: dict, key: str, n_cols: int, case_label, render) -> list:
+    """The rows of a per-case table: each case's label on its first row only, a skipped
+    entry as its reason, the others as ``render(label, name, entry)`` (a list of rows)."""
+    rows = []
+    for case in res["cases"]:
+        for i, (name, entry) in enumerate(case.get(key, {}).items()):
+            label = case_label(case) if i == 0 else ""
+            if "skipped" in entry:
+                rows.append([label, name, _skipped(entry)] + [""] * (n_cols - 3))
+            else:
+                rows.extend(render(label, name, entry))
+    return rows
+
+
 def _table(header: list, rows: list) -> list:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -57,6 +71,11 @@ def machine_lines(res: dict) -> list:
         f"- gmmfast build: {b.get('compiler')}, {b.get('build_type')}, ISA {b.get('isa')}, "
         f"OpenMP {b.get('openmp')}; full fit through `{m['gmmfast_fit_api']}`",
         f"- NumPy matmul: {matmul}",
+        "- FMA peak (`_core.fma_peak`, independent vector FMAs at the dispatcher's ISA "
+        f"width, {m['threads']} threads): "
+        + (", ".join(f"{dt} {v['gflops']:.1f} GFLOP/s ({v['isa']}, {v['lanes']} lanes)"
+                     for dt, v in res.get("fma_peak", {}).items() if "gflops" in v) or "—"),
+        f"- uptime at the start: {m.get('uptime') or '—'}; at the end: {m.get('uptime_end') or '—'}",
         f"- {m['date']}" + (", **--quick sizes**" if res["settings"]["quick"] else ""),
     ] + _busy_warning(m)
 
@@ -79,32 +98,29 @@ def iteration_table(res: dict) -> list:
         "case", "implementation", "ms / iteration", "gmmfast speed-up", "GFLOP/s",
         "% of matmul", "extra memory", "agrees with gmmfast",
     ]
-    rows = []
-    for case in res["cases"]:
-        first = True
-        for name, row in case["iteration"].items():
-            label = f"**{case['name']}** {case['label']}" if first else ""
-            first = False
-            if "skipped" in row:
-                rows.append([label, name, _skipped(row)] + [""] * 5)
-                continue
-            check = row.get("check")
-            if check is None:
-                agrees = "(baseline)" if name == "gmmfast" else "—"
-            else:
-                agrees = ("ok " if check["ok"] else "**NO** ") + f"{check['max_rel_error']:.0e}"
-            rows.append([
-                label, name, _num(row["ms"]), _speedup(row), _num(row["gflops"]),
-                f"{100 * row['matmul_fraction']:.0f}%", _memory(row), agrees,
-            ])
-            if check is not None and not check["ok"]:
-                rows.append([
-                    "", "**WARNING**",
-                    f"{name}'s iteration differs from gmmfast's by {check['max_rel_error']:.1e} "
-                    f"(tolerance {check['tolerance']:.0e}): lower bound "
-                    f"{check['lower_bound']:.1e}, means {check['means']:.1e}, "
-                    f"covariances {check['covariances']:.1e}",
-                ] + [""] * 5)
+
+    def render(label, name, row):
+        check = row.get("check")
+        if check is None:
+            agrees = "(baseline)" if name == "gmmfast" else "—"
+        else:
+            agrees = ("ok " if check["ok"] else "**NO** ") + f"{check['max_rel_error']:.0e}"
+        out = [[
+            label, name, _num(row["ms"]), _speedup(row), _num(row["gflops"]),
+            f"{100 * row['matmul_fraction']:.0f}%", _memory(row), agrees,
+        ]]
+        if check is not None and not check["ok"]:
+            out.append([
+                "", "**WARNING**",
+                f"{name}'s iteration differs from gmmfast's by {check['max_rel_error']:.1e} "
+                f"(tolerance {check['tolerance']:.0e}): lower bound "
+                f"{check['lower_bound']:.1e}, means {check['means']:.1e}, "
+                f"covariances {check['covariances']:.1e}",
+            ] + [""] * 5)
+        return out
+
+    rows = _rows_by_case(res, "iteration", len(header),
+                         lambda c: f"**{c['name']}** {c['label']}", render)
     return _table(header, rows)
 
 
@@ -113,22 +129,62 @@ def fit_table(res: dict) -> list:
         "case", "run", "seconds", "n_iter", "final mean LL", "LL − sklearn",
         "gmmfast speed-up", "peak extra memory",
     ]
+
+    def render(label, key, row):
+        n_iter = f"{row['n_iter']}" + ("" if row["converged"] else " (not converged)")
+        d_ll = row.get("ll_minus_sklearn")
+        return [[
+            label, key, _num(row["seconds"]), n_iter, f"{row['lower_bound']:.6f}",
+            "—" if d_ll is None or row["impl"] == "sklearn" else f"{d_ll:+.1e}",
+            _speedup(row), _memory(row),
+        ]]
+
+    rows = _rows_by_case(res, "fit", len(header), lambda c: f"**{c['name']}**", render)
+    return _table(header, rows)
+
+
+def fixed_table(res: dict) -> list:
+    """gmmfast and the peers: a fixed number of EM iterations per case."""
+    header = [
+        "case", "implementation", "start", "seconds", "ms / iteration",
+        "gmmfast speed-up (per iteration)", "final mean LL", "LL − gmmfast", "peak extra memory",
+    ]
+
+    def render(label, name, row):
+        d_ll = row.get("ll_minus_gmmfast")
+        seconds = _num(row["seconds"]) + (f" ({row['n_iter']} it)" if "reduced" in row else "")
+        return [[
+            label, name, row["start"], seconds,
+            "n/a" if row["seconds_per_iteration"] is None
+            else _num(1e3 * row["seconds_per_iteration"]),
+            _speedup(row, "gmmfast_speedup_per_iteration"),
+            f"{row['final_mean_ll']:.6f}",
+            "—" if d_ll is None or name == "gmmfast" else f"{d_ll:+.1e}",
+            _memory(row),
+        ]]
+
+    rows = _rows_by_case(res, "fixed", len(header), lambda c: f"**{c['name']}**", render)
+    return _table(header, rows)
+
+
+def ceiling_table(res: dict) -> list:
+    header = [
+        "case", "em_stats ms", "GFLOP performed", "GFLOP/s", "GEMM GFLOP/s", "% of GEMM",
+        "FMA peak GFLOP/s", "% of FMA peak", "convention GFLOP/s (4·N·K·D² or 8·N·K·D)",
+    ]
     rows = []
     for case in res["cases"]:
-        first = True
-        for key, row in case["fit"].items():
-            label = f"**{case['name']}**" if first else ""
-            first = False
-            if "skipped" in row:
-                rows.append([label, key, _skipped(row)] + [""] * 5)
-                continue
-            n_iter = f"{row['n_iter']}" + ("" if row["converged"] else " (not converged)")
-            d_ll = row.get("ll_minus_sklearn")
-            rows.append([
-                label, key, _num(row["seconds"]), n_iter, f"{row['lower_bound']:.6f}",
-                "—" if d_ll is None or row["impl"] == "sklearn" else f"{d_ll:+.1e}",
-                _speedup(row), _memory(row),
-            ])
+        c = case.get("ceiling")
+        if not c:
+            continue
+        conv = case["flops_per_iteration"] / (c["em_stats_ms"] / 1e3) / 1e9
+        rows.append([
+            f"**{case['name']}** {case['label']}", _num(c["em_stats_ms"]), _num(c["flops"] / 1e9),
+            _num(c["gflops"]), _num(c["gemm_gflops"]), f"{100 * c['gemm_fraction']:.0f}%",
+            _num(c.get("fma_peak_gflops")),
+            f"{100 * c['fma_peak_fraction']:.0f}%" if "fma_peak_fraction" in c else "—",
+            _num(conv),
+        ])
     return _table(header, rows)
 
 
@@ -191,6 +247,40 @@ def render(res: dict) -> str:
             "fresh process, above the RSS with the data loaded (— = not measured).",
             "",
         ]
+    if any(c.get("ceiling") for c in res["cases"]):
+        lines += [
+            "### em_stats against this machine's ceilings",
+            "",
+            *ceiling_table(res),
+            "",
+            "GFLOP performed: the arithmetic em_stats's algorithm does (a multiply-add = 2 "
+            "flops; full: N·K·(D(D+1)+3D) for the E-step plus as much again per (row, "
+            "component) with a non-zero responsibility for the M-step; diag/spherical "
+            "9·N·K·D; tied N·(4D+3D(D+1)) + 9·N·K·D; see bench/ceiling.py). GEMM: NumPy's "
+            "matmul at the case's dtype, measured in this run. FMA peak: registers-only "
+            "FMA chains, what the units can do at all. The last column is the old "
+            "convention, for comparison with earlier results.",
+            "",
+        ]
+    if any(c.get("fixed") for c in res["cases"]):
+        peers = res.get("peers", {})
+        skipped = peers.get("skipped") or {}
+        lines += [
+            f"### gmmfast and the peers: {s.get('peer_iters')} EM iterations, "
+            f"convergence checks off (fastest of {s.get('fit_repeat', 1)})",
+            "",
+            *fixed_table(res),
+            "",
+            "start: which starting parameters the library took (see bench/README.md). "
+            "ms / iteration: total / iterations, except mlpack (no way to pass a start: "
+            "the difference between runs of n and 1 iterations after the same k-means). "
+            "Final mean LL: of the final parameters, by gmmfast's float64 E-step for "
+            "every library that exposes them (mlpack: its own gmm_probability). Peak extra "
+            "memory: a 2-iteration run in a fresh process. A peer slower than "
+            "`--peer-budget` runs once, with fewer iterations (shown in seconds).",
+            "",
+        ] + [f"- peer **{n}** not run: {why}" for n, why in skipped.items()] + (
+            [""] if skipped else [])
     if res.get("em_stats_memory"):
         sc = res["em_stats_memory"]
         lines += [

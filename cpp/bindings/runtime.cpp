@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "gmmfast/peak.hpp"
 #include "gmmfast/runtime.hpp"
 #include "gmmfast/validate.hpp"
 
@@ -43,6 +44,24 @@ py::dict py_build_info() {
 #else
     d["build_type"] = "debug";
 #endif
+    return d;
+}
+
+/// The benchmark's FMA-throughput ceiling (cpp/peak.cpp), without the GIL.
+py::dict py_fma_peak(const std::string& dtype, int n_threads, int64_t iterations, int repeat) {
+    FmaPeak p;
+    {
+        py::gil_scoped_release release;
+        p = fma_peak(dtype, n_threads, iterations, repeat);
+    }
+    py::dict d;
+    d["gflops"] = p.gflops;
+    d["isa"] = p.isa;
+    d["threads"] = p.threads;
+    d["lanes"] = p.lanes;
+    d["chains"] = p.chains;
+    d["iterations"] = p.iterations;
+    d["dtype"] = dtype;
     return d;
 }
 
@@ -88,6 +107,10 @@ void register_runtime(py::module_& m) {
     m.def("compiled_isas", &compiled_isas);
     m.def("set_isa", &set_isa, "name"_a,
           "Selects an instruction-set variant of the kernels; False when it is not available here.");
+    m.def("fma_peak", &py_fma_peak, "dtype"_a = "float64", "n_threads"_a = 0,
+          "iterations"_a = int64_t(20'000'000), "repeat"_a = 3,
+          "Measured FMA throughput (GFLOP/s, all threads) of independent vector FMA chains at the "
+          "dispatcher's instruction-set width: an upper bound for any kernel, not a GEMM rate.");
     register_resource_limits(m);  // memory checks, fork state (issue 8)
 }
 
