@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +56,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases  # noqa: E402
+import machine  # noqa: E402
 import memprobe  # noqa: E402
 
 #: scikit-learn's BayesianGaussianMixture defaults, except the random_state
@@ -138,24 +138,6 @@ def measure(ctx, job: dict, timeout: float = 3600.0) -> dict:
     return report
 
 
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: %.2f, %.2f, %.2f" % os.getloadavg()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(args) -> dict:
     import multiprocessing as mp
 
@@ -168,8 +150,8 @@ def main(args) -> dict:
         "what": "gmmfast.BayesianGaussianMixture vs sklearn.mixture.BayesianGaussianMixture",
         "machine": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": _cpu_model(), "logical_cores": os.cpu_count(), "threads": args.threads,
-            "uptime_before": _uptime(), "gmmfast": gmmfast.__version__, "sklearn": sklearn.__version__,
+            "cpu": machine.cpu_model(), "isa": machine.isa(), "logical_cores": os.cpu_count(), "threads": args.threads,
+            "uptime_before": machine.uptime(), "gmmfast": gmmfast.__version__, "sklearn": sklearn.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
         },
         "settings": {"quick": args.quick, "iterations": args.iterations, "fit": {"random_state": 0,
@@ -204,7 +186,7 @@ def main(args) -> dict:
                 row["fit_lower_bound_rel_diff"] = abs(g["lower_bound"] - s["lower_bound"]) / abs(s["lower_bound"])
                 row["fit_same_iterations"] = g["n_iter"] == s["n_iter"]
             out["cases"].append(row)
-    out["machine"]["uptime_after"] = _uptime()
+    out["machine"]["uptime_after"] = machine.uptime()
     return out
 
 

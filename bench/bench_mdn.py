@@ -76,6 +76,8 @@ import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
+import machine  # noqa: E402
+
 import torch  # noqa: E402
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal  # noqa: E402
 
@@ -277,7 +279,8 @@ def run(args) -> dict:
     impls = _available_impls(args, device)
     result = {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": machine.cpu_model(),
+            "isa": machine.isa(),
             "threads": threads,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "platform": platform.platform(),
@@ -335,17 +338,6 @@ def run(args) -> dict:
                     print(f"  memory {impl}: {rep['error']}", file=sys.stderr)
         result["cases"][name] = res
     return result
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(result: dict) -> str:

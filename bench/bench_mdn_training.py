@@ -54,7 +54,6 @@ import datetime
 import json
 import math
 import pathlib
-import platform
 import sys
 import time
 from typing import Tuple
@@ -69,6 +68,9 @@ from gmmfast.nn import MDNHead, MDNRNN
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 from _baselines import choose_ar  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import machine  # noqa: E402
 
 
 def _t(a) -> torch.Tensor:
@@ -345,7 +347,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     doc = {"script": "bench/bench_mdn_training.py", "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "torch": torch.__version__, "gmmfast": gmmfast.__version__, "torch_threads": 1,
-           "machine": platform.processor() or platform.machine(), "quick": a.quick, "runs": {}, "summary": {}}
+           "machine": machine.summary(1), "quick": a.quick, "runs": {}, "summary": {}}
     for problem in a.problems.split(","):
         fn, methods, lrs, seeds = PROBLEMS[problem]
         seeds = 2 if a.quick else seeds

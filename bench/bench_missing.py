@@ -30,16 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import gmmfast  # noqa: E402
 from gmmfast import _missing, ops  # noqa: E402
+
+import machine  # noqa: E402
 
 
 def _data(rng, N, D, K):
@@ -144,14 +144,13 @@ def main(argv=None):
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     N = args.n // 10 if args.quick else args.n
+    started = machine.summary(args.threads)
     rows = run(N, args.d, args.k, args.repeat, args.threads, [c for c in args.cov.split(",") if c])
     print(table(rows, N, args.d, args.k))
     if args.json:
         doc = dict(
             benchmark="bench/bench_missing.py", N=N, D=args.d, K=args.k, repeat=args.repeat,
-            threads=args.threads, cpu_count=os.cpu_count(), machine=platform.machine(),
-            processor=platform.processor(), python=platform.python_version(), numpy=np.__version__,
-            gmmfast=gmmfast.__version__, isa=gmmfast.build_info().get("isa"), rows=rows,
+            machine={**started, "uptime_after": machine.uptime()}, rows=rows,
         )
         with open(args.json, "w") as fh:
             json.dump(doc, fh, indent=1)

@@ -22,6 +22,7 @@ import numpy as np
 import cases
 import ceiling
 import impls
+import machine
 import memprobe
 import peer_runs
 
@@ -41,33 +42,12 @@ def log(msg: str) -> None:
 # machine
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _uptime() -> str:
-    """`uptime`'s line (load averages over 1, 5 and 15 minutes), or '' without it."""
-    import subprocess
-
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def machine_info(n_threads: int, thread_setup: dict, implementations: dict) -> dict:
     import gmmfast
 
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": machine.cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": n_threads,
@@ -83,7 +63,7 @@ def machine_info(n_threads: int, thread_setup: dict, implementations: dict) -> d
         "gmmfast_build_info": gmmfast.build_info(),
         # the instruction set whose kernels ran (the dispatcher's choice on this CPU)
         "isa": gmmfast.build_info()["isa"],
-        "uptime": _uptime(),
+        "uptime": machine.uptime(),
         "gmmfast_fit_api": impls.Gmmfast.fit_api(),
     }
     try:
@@ -514,15 +494,15 @@ def run(args) -> dict:
     if args.quick:
         selected = [c.scaled(cases.QUICK_FACTOR) for c in selected]
 
-    machine = machine_info(args.threads, thread_setup, implementations)
-    load = f"{machine['load_average'][0]:.2f}" if machine["load_average"] else "?"
-    log(f"machine: {machine['cpu']}, {args.threads} threads, 1-min load {load}")
+    info = machine_info(args.threads, thread_setup, implementations)
+    load = f"{info['load_average'][0]:.2f}" if info["load_average"] else "?"
+    log(f"machine: {info['cpu']}, {args.threads} threads, 1-min load {load}")
     matmul, peak = {}, {}
     for dtype in sorted({c.dtype for c in selected}):
         matmul[dtype] = ceiling.matmul_gflops(dtype, repeat=3 if args.quick else 5)
         peak[dtype] = ceiling.fma_peak(dtype, args.threads)
         log(f"NumPy matmul {dtype}: {matmul[dtype]['gflops']:.1f} GFLOP/s; FMA peak "
-            f"({machine['isa']}): {peak[dtype].get('gflops', float('nan')):.1f} GFLOP/s")
+            f"({info['isa']}): {peak[dtype].get('gflops', float('nan')):.1f} GFLOP/s")
 
     if not args.no_memory:
         torch_based = ("torch", "pomegranate", "torchgmm")
@@ -535,7 +515,7 @@ def run(args) -> dict:
         ]
         scaling = None if args.no_memory else memory_scaling(args, implementations, tmpdir)
 
-    machine["uptime_end"] = _uptime()  # how busy the machine was at the end, too
+    info["uptime_end"] = machine.uptime()  # how busy the machine was at the end, too
     return {
         "settings": {
             "quick": args.quick,
@@ -558,7 +538,7 @@ def run(args) -> dict:
             "peer_budget_s": getattr(args, "peer_budget", None),
             "peer_memory_iters": peer_runs.MEMORY_ITERS,
         },
-        "machine": machine,
+        "machine": info,
         "matmul": matmul,
         "fma_peak": peak,
         "em_stats_flop_count": ceiling.FLOP_FORMULAS,
