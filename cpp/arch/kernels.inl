@@ -478,42 +478,50 @@ inline Vec<T> fold_pair(const Vec<T>& a, const Vec<T>& b, std::index_sequence<I.
 #endif
 }
 
-/// Folds n vectors pairwise, level by level (H = W/2, W/4, ..., 1), into n / W vectors
+/// Folds N vectors pairwise, level by level (H = W/2, W/4, ..., 1), into N / W vectors
 /// whose lane q holds the lane sum of input vector g·W + bit_reverse(q).
-template <class T, int H>
-inline void fold_levels(Vec<T>* v, int n) {
-    for (int p = 0; p < n / 2; ++p)
+template <class T, int H, int N>
+inline void fold_levels(Vec<T>* v) {
+#pragma GCC unroll 16
+    for (int p = 0; p < N / 2; ++p)
         v[p] = fold_pair<T, H>(v[2 * p], v[2 * p + 1], std::make_index_sequence<lanes<T>()>{});
-    if constexpr (H > 1) fold_levels<T, H / 2>(v, n / 2);
+    if constexpr (H > 1) fold_levels<T, H / 2, N / 2>(v);
 }
 
-/// out[e] += Σ_lanes acc[e] for the kSB² accumulators of a block (e = a·kSB + b).
+/// Where block entry e = a·kSB + b accumulates, so that the shuffle tree leaves the
+/// sums in natural order: the tree's lane q holds input g·W + bit_reverse(q).
 template <class T>
-inline void reduce_block(const Vec<T> (&acc)[kSB2], double* out) {
+constexpr int acc_slot(int e) {
     constexpr int W = lanes<T>();
-    static_assert(kSB2 % W == 0, "the shuffle tree reduces groups of W vectors");
-    Vec<T> v[kSB2];
-    for (int g = 0; g < kSB2 / W; ++g)
-        for (int j = 0; j < W; ++j) v[g * W + j] = acc[g * W + bit_reverse(j, W)];
-    fold_levels<T, W / 2>(v, kSB2);
-    for (int g = 0; g < kSB2 / W; ++g)
-        for (int q = 0; q < W; ++q) out[g * W + q] += double(v[g][q]);
+    return e / W * W + bit_reverse(e % W, W);
 }
 
-/// One kSB x kSB block of S2: rows l0.. of WT against rows j0.. of ZT over Bp rows.
+/// One kSB x kSB block of S2: rows l0.. of WT against rows j0.. of ZT over Bp rows;
+/// out[a·kSB + b] += Σ_i WT[a][i] ZT[b][i].
 template <class T, bool Diag>
 inline void sym_block(const T* WT, const T* ZT, int64_t Bp, double* out) {
     using V = Vec<T>;
     constexpr int W = lanes<T>();
-    V acc[kSB2] = {};
+    static_assert(kSB2 % W == 0, "the shuffle tree reduces groups of W vectors");
+    V acc[kSB2];
+#pragma GCC unroll 16
+    for (int e = 0; e < kSB2; ++e) acc[e] = V{};
     for (int64_t i = 0; i < Bp; i += W) {
         V w[kSB], z[kSB];
+#pragma GCC unroll 4
         for (int a = 0; a < kSB; ++a) w[a] = vload(WT + a * Bp + i);
+#pragma GCC unroll 4
         for (int b = 0; b < kSB; ++b) z[b] = vload(ZT + b * Bp + i);
+#pragma GCC unroll 4
         for (int a = 0; a < kSB; ++a)
-            for (int b = Diag ? a : 0; b < kSB; ++b) acc[a * kSB + b] += w[a] * z[b];
+#pragma GCC unroll 4
+            for (int b = Diag ? a : 0; b < kSB; ++b) acc[acc_slot<T>(a * kSB + b)] += w[a] * z[b];
     }
-    reduce_block<T>(acc, out);
+    fold_levels<T, W / 2, kSB2>(acc);
+#pragma GCC unroll 16
+    for (int g = 0; g < kSB2 / W; ++g)
+#pragma GCC unroll 16
+        for (int q = 0; q < W; ++q) out[g * W + q] += double(acc[g][q]);
 }
 
 /// Number of kSB x kSB blocks on or above the diagonal for D features; the blocked S2
