@@ -281,31 +281,49 @@ void estep_diag(const T* XT, int64_t Bp, int64_t D, int64_t K, const T* mu, cons
 /// Full / tied E-step: L[k][i] = cst[k] - ½ ‖(x_i - μ_k)ᵀ U_k‖².
 /// U is stored padded to Dj x Dj (zeros below the diagonal and past D), ustride = 0
 /// for tied. Register-blocked over kJB columns of U and kIV vectors of rows, exploiting
-/// the triangle: column block j0 only needs rows l < j0 + kJB of U. The squared norm is
-/// accumulated straight from the registers, so (x - μ)ᵀU is never stored.
+/// the triangle: column block j0 only needs rows l < j0 + kJB of U, and row j0 + t of
+/// that block only its columns j0 + t, ... (the zeros below the diagonal are skipped).
+/// The squared norm is accumulated straight from the registers, so (x - μ)ᵀU is never
+/// stored. The rows of one register block are centred into ZT (D x W·kIV, so it stays
+/// in L1) before its column blocks.
 template <class T>
 void estep_dense(const T* XT, int64_t Bp, int64_t D, int64_t Dj, int64_t K, const T* mu,
                  const T* U, int64_t ustride, const T* cst, T* ZT, T* L) {
     using V = Vec<T>;
     constexpr int W = lanes<T>();
+    constexpr int64_t RB = W * kIV;  // rows per register block, ZT's stride
     const V half = vsplat<T>(T(0.5));
     for (int64_t k = 0; k < K; ++k) {
-        for (int64_t d = 0; d < D; ++d) {
-            const V m = vsplat<T>(mu[k * D + d]);
-            for (int64_t i = 0; i < Bp; i += W)
-                vstore(ZT + d * Bp + i, vload(XT + d * Bp + i) - m);
-        }
         const T* Uk = U + k * ustride;
-        for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV) {
+        const T* mk = mu + k * D;
+        for (int64_t i0 = 0; i0 < Bp; i0 += RB) {
+            for (int64_t d = 0; d < D; ++d) {
+                const V m = vsplat<T>(mk[d]);
+                for (int v = 0; v < kIV; ++v)
+                    vstore(ZT + d * RB + v * W, vload(XT + d * Bp + i0 + v * W) - m);
+            }
             V sq[kIV] = {};
             for (int64_t j0 = 0; j0 < Dj; j0 += kJB) {
                 V acc[kJB][kIV] = {};
-                const int64_t lend = std::min(D, j0 + kJB);
-                for (int64_t l = 0; l < lend; ++l) {
+                const int64_t lfull = std::min(D, j0);
+                for (int64_t l = 0; l < lfull; ++l) {
                     V z[kIV];
-                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * Bp + i0 + v * W);
+                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * RB + v * W);
                     const T* u = Uk + l * Dj + j0;
                     for (int jj = 0; jj < kJB; ++jj) {
+                        const V uu = vsplat<T>(u[jj]);
+                        for (int v = 0; v < kIV; ++v) acc[jj][v] += uu * z[v];
+                    }
+                }
+#pragma GCC unroll 4
+                for (int t = 0; t < kJB; ++t) {  // the diagonal block: U[j0+t][j0+jj], jj >= t
+                    const int64_t l = j0 + t;
+                    if (l >= D) break;
+                    V z[kIV];
+                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * RB + v * W);
+                    const T* u = Uk + l * Dj + j0;
+#pragma GCC unroll 4
+                    for (int jj = t; jj < kJB; ++jj) {
                         const V uu = vsplat<T>(u[jj]);
                         for (int v = 0; v < kIV; ++v) acc[jj][v] += uu * z[v];
                     }
