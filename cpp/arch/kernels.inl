@@ -14,8 +14,11 @@
 //             any D and K;
 //   L[k][i]   log-densities, then responsibilities (K x Bp): the only place where
 //             responsibilities exist;
-//   Z[i][d]   rows centred at one component (Bp x Dp) for the dense M-step, whose
-//             register-blocked rank-Bp update vectorises over d.
+//   Z, WZ     the full-covariance M-step's buffers. AVX-512 (32 registers): transposed,
+//             ZT[d][i] = x - c_k and WT[d][i] = r (x - c_k), whose symmetric update
+//             vectorises over rows like the E-step (mstep_full_component); 16-register
+//             ISAs: rows packed and centred at one component (Bp x Dp), whose
+//             register-blocked rank-Bp update vectorises over d (syrk_upper_acc).
 #if !defined(GMMFAST_ISA_NS) || !defined(GMMFAST_VBYTES) || !defined(GMMFAST_VREGS)
 #error "define GMMFAST_ISA_NS, GMMFAST_VBYTES and GMMFAST_VREGS before including kernels.inl"
 #endif
