@@ -14,8 +14,11 @@
 //             any D and K;
 //   L[k][i]   log-densities, then responsibilities (K x Bp): the only place where
 //             responsibilities exist;
-//   Z[i][d]   rows centred at one component (Bp x Dp) for the dense M-step, whose
-//             register-blocked rank-Bp update vectorises over d.
+//   Z, WZ     the full-covariance M-step's buffers. AVX-512 (32 registers): transposed,
+//             ZT[d][i] = x - c_k and WT[d][i] = r (x - c_k), whose symmetric update
+//             vectorises over rows like the E-step (mstep_full_component); 16-register
+//             ISAs: rows packed and centred at one component (Bp x Dp), whose
+//             register-blocked rank-Bp update vectorises over d (syrk_upper_acc).
 #if !defined(GMMFAST_ISA_NS) || !defined(GMMFAST_VBYTES) || !defined(GMMFAST_VREGS)
 #error "define GMMFAST_ISA_NS, GMMFAST_VBYTES and GMMFAST_VREGS before including kernels.inl"
 #endif
@@ -28,6 +31,7 @@
 #include <limits>
 #include <numeric>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -280,31 +284,49 @@ void estep_diag(const T* XT, int64_t Bp, int64_t D, int64_t K, const T* mu, cons
 /// Full / tied E-step: L[k][i] = cst[k] - ½ ‖(x_i - μ_k)ᵀ U_k‖².
 /// U is stored padded to Dj x Dj (zeros below the diagonal and past D), ustride = 0
 /// for tied. Register-blocked over kJB columns of U and kIV vectors of rows, exploiting
-/// the triangle: column block j0 only needs rows l < j0 + kJB of U. The squared norm is
-/// accumulated straight from the registers, so (x - μ)ᵀU is never stored.
+/// the triangle: column block j0 only needs rows l < j0 + kJB of U, and row j0 + t of
+/// that block only its columns j0 + t, ... (the zeros below the diagonal are skipped).
+/// The squared norm is accumulated straight from the registers, so (x - μ)ᵀU is never
+/// stored. The rows of one register block are centred into ZT (D x W·kIV, so it stays
+/// in L1) before its column blocks.
 template <class T>
 void estep_dense(const T* XT, int64_t Bp, int64_t D, int64_t Dj, int64_t K, const T* mu,
                  const T* U, int64_t ustride, const T* cst, T* ZT, T* L) {
     using V = Vec<T>;
     constexpr int W = lanes<T>();
+    constexpr int64_t RB = W * kIV;  // rows per register block, ZT's stride
     const V half = vsplat<T>(T(0.5));
     for (int64_t k = 0; k < K; ++k) {
-        for (int64_t d = 0; d < D; ++d) {
-            const V m = vsplat<T>(mu[k * D + d]);
-            for (int64_t i = 0; i < Bp; i += W)
-                vstore(ZT + d * Bp + i, vload(XT + d * Bp + i) - m);
-        }
         const T* Uk = U + k * ustride;
-        for (int64_t i0 = 0; i0 < Bp; i0 += W * kIV) {
+        const T* mk = mu + k * D;
+        for (int64_t i0 = 0; i0 < Bp; i0 += RB) {
+            for (int64_t d = 0; d < D; ++d) {
+                const V m = vsplat<T>(mk[d]);
+                for (int v = 0; v < kIV; ++v)
+                    vstore(ZT + d * RB + v * W, vload(XT + d * Bp + i0 + v * W) - m);
+            }
             V sq[kIV] = {};
             for (int64_t j0 = 0; j0 < Dj; j0 += kJB) {
                 V acc[kJB][kIV] = {};
-                const int64_t lend = std::min(D, j0 + kJB);
-                for (int64_t l = 0; l < lend; ++l) {
+                const int64_t lfull = std::min(D, j0);
+                for (int64_t l = 0; l < lfull; ++l) {
                     V z[kIV];
-                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * Bp + i0 + v * W);
+                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * RB + v * W);
                     const T* u = Uk + l * Dj + j0;
                     for (int jj = 0; jj < kJB; ++jj) {
+                        const V uu = vsplat<T>(u[jj]);
+                        for (int v = 0; v < kIV; ++v) acc[jj][v] += uu * z[v];
+                    }
+                }
+#pragma GCC unroll 4
+                for (int t = 0; t < kJB; ++t) {  // the diagonal block: U[j0+t][j0+jj], jj >= t
+                    const int64_t l = j0 + t;
+                    if (l >= D) break;
+                    V z[kIV];
+                    for (int v = 0; v < kIV; ++v) z[v] = vload(ZT + l * RB + v * W);
+                    const T* u = Uk + l * Dj + j0;
+#pragma GCC unroll 4
+                    for (int jj = t; jj < kJB; ++jj) {
                         const V uu = vsplat<T>(u[jj]);
                         for (int v = 0; v < kIV; ++v) acc[jj][v] += uu * z[v];
                     }
@@ -427,6 +449,144 @@ void syrk_upper_acc(const T* A, const T* B, int64_t rows, int64_t Dp, double* C)
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Full-covariance M-step on the transposed tile (many-register ISAs).
+//
+// S2 += Σ_i w_i z_iᵀ with z = x - c (masked to 0 where r = 0) and w = r z, vectorised
+// over the tile's rows: a kSB x kSB block of S2 keeps one vector accumulator per entry
+// (lane q sums rows q, q + W, ...), loading kSB rows of WT and kSB rows of ZT per row
+// vector. Only the blocks on or above the diagonal are computed, and inside a diagonal
+// block only the entries on or above it, so every multiply-add is useful (D a multiple
+// of kSB). No packing: ZT and WT are written once per component from XT. At the end of
+// the tile each block's kSB² accumulators are reduced by a shuffle tree to kSB² sums,
+// which are added to a float64 block (float32 partial sums are thus flushed to float64
+// once per tile: each lane sums Bp/W rows, then a pairwise tree over the lanes).
+constexpr int kSB = 4;
+constexpr int kSB2 = kSB * kSB;
+constexpr bool kTransposedFull = kManyRegs;
+
+/// Bit reversal of q over log2(W) bits: the lane order the shuffle tree leaves.
+constexpr int bit_reverse(int q, int W) {
+    int r = 0;
+    for (int b = 1; b < W; b <<= 1) {
+        r = (r << 1) | (q & 1);
+        q >>= 1;
+    }
+    return r;
+}
+/// Lane i of fold_pair's two shuffles: segments of 2H lanes; the low H lanes of a
+/// segment come from a, the high H from b; `hi` picks the segment's upper half.
+constexpr int fold_index(int i, int W, int H, bool hi) {
+    const int s = i / (2 * H), p = i % (2 * H);
+    return (p < H ? s * 2 * H + p : W + s * 2 * H + (p - H)) + (hi ? H : 0);
+}
+
+/// Per segment of 2H lanes: [a.lo + a.hi, b.lo + b.hi] (lo, hi the segment's halves).
+template <class T, int H, std::size_t... I>
+inline Vec<T> fold_pair(const Vec<T>& a, const Vec<T>& b, std::index_sequence<I...>) {
+    constexpr int W = lanes<T>();
+#if defined(__clang__)
+    return __builtin_shufflevector(a, b, fold_index(int(I), W, H, false)...) +
+           __builtin_shufflevector(a, b, fold_index(int(I), W, H, true)...);
+#else
+    using M = typename Simd<T>::I;
+    const M lo = {fold_index(int(I), W, H, false)...};
+    const M hi = {fold_index(int(I), W, H, true)...};
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+#endif
+}
+
+/// Folds N vectors pairwise, level by level (H = W/2, W/4, ..., 1), into N / W vectors
+/// whose lane q holds the lane sum of input vector g·W + bit_reverse(q).
+template <class T, int H, int N>
+inline void fold_levels(Vec<T>* v) {
+#pragma GCC unroll 16
+    for (int p = 0; p < N / 2; ++p)
+        v[p] = fold_pair<T, H>(v[2 * p], v[2 * p + 1], std::make_index_sequence<lanes<T>()>{});
+    if constexpr (H > 1) fold_levels<T, H / 2, N / 2>(v);
+}
+
+/// Where block entry e = a·kSB + b accumulates, so that the shuffle tree leaves the
+/// sums in natural order: the tree's lane q holds input g·W + bit_reverse(q).
+template <class T>
+constexpr int acc_slot(int e) {
+    constexpr int W = lanes<T>();
+    return e / W * W + bit_reverse(e % W, W);
+}
+
+/// One kSB x kSB block of S2: rows l0.. of WT against rows j0.. of ZT over Bp rows;
+/// out[a·kSB + b] += Σ_i WT[a][i] ZT[b][i].
+template <class T, bool Diag>
+inline void sym_block(const T* WT, const T* ZT, int64_t Bp, double* out) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    static_assert(kSB2 % W == 0, "the shuffle tree reduces groups of W vectors");
+    V acc[kSB2];
+#pragma GCC unroll 16
+    for (int e = 0; e < kSB2; ++e) acc[e] = V{};
+    for (int64_t i = 0; i < Bp; i += W) {
+        V w[kSB], z[kSB];
+#pragma GCC unroll 4
+        for (int a = 0; a < kSB; ++a) w[a] = vload(WT + a * Bp + i);
+#pragma GCC unroll 4
+        for (int b = 0; b < kSB; ++b) z[b] = vload(ZT + b * Bp + i);
+#pragma GCC unroll 4
+        for (int a = 0; a < kSB; ++a)
+#pragma GCC unroll 4
+            for (int b = Diag ? a : 0; b < kSB; ++b) acc[acc_slot<T>(a * kSB + b)] += w[a] * z[b];
+    }
+    fold_levels<T, W / 2, kSB2>(acc);
+#pragma GCC unroll 16
+    for (int g = 0; g < kSB2 / W; ++g)
+#pragma GCC unroll 16
+        for (int q = 0; q < W; ++q) out[g * W + q] += double(acc[g][q]);
+}
+
+/// Number of kSB x kSB blocks on or above the diagonal for D features; the blocked S2
+/// accumulator of a component holds them row by row, kSB² float64 each.
+inline int64_t sym_blocks(int64_t D) {
+    const int64_t nb = (D + kSB - 1) / kSB;
+    return nb * (nb + 1) / 2;
+}
+
+/// s1 += Σ_i r_i (x_i - c) and the blocked upper triangle of Σ_i r_i (x_i - c)(x_i - c)ᵀ
+/// for one component, from the transposed tile XT (D x Bp). ZT, WT: round_up(D, kSB) x Bp
+/// scratch whose rows past D are zero.
+template <class T>
+void mstep_full_component(const T* XT, const T* Rk, int64_t Bp, int64_t D, const T* c,
+                          T* ZT, T* WT, double* s1, double* C) {
+    using V = Vec<T>;
+    constexpr int W = lanes<T>();
+    const V zero = {};
+    for (int64_t d = 0; d < D; ++d) {
+        const V cv = vsplat<T>(c[d]);
+        const T* x = XT + d * Bp;
+        T* z = ZT + d * Bp;
+        T* w = WT + d * Bp;
+        V a1 = {};
+        for (int64_t i = 0; i < Bp; i += W) {
+            const V r = vload(Rk + i);
+            // rows without weight contribute exact zeros, whatever x is (the old packing
+            // skipped them: 0 · inf would be NaN)
+            const V zi = (r == zero) ? zero : vload(x + i) - cv;
+            const V wi = r * zi;
+            vstore(z + i, zi);
+            vstore(w + i, wi);
+            a1 += wi;
+        }
+        s1[d] += double(hsum<T>(a1));
+    }
+    const int64_t nb = (D + kSB - 1) / kSB;
+    double* out = C;
+    for (int64_t lb = 0; lb < nb; ++lb) {
+        const T* w = WT + lb * kSB * Bp;
+        sym_block<T, true>(w, ZT + lb * kSB * Bp, Bp, out);
+        out += kSB2;
+        for (int64_t jb = lb + 1; jb < nb; ++jb, out += kSB2)
+            sym_block<T, false>(w, ZT + jb * kSB * Bp, Bp, out);
     }
 }
 
@@ -821,9 +981,21 @@ public:
                 for (int64_t k = 0; k < K_; ++k) {
                     const double* src = s2acc.data() + k * Dp_ * Dp_;
                     double* dst = out.s2 + k * D_ * D_;
-                    for (int64_t l = 0; l < D_; ++l)
-                        for (int64_t j = l; j < D_; ++j)
-                            dst[l * D_ + j] = dst[j * D_ + l] = src[l * Dp_ + j];
+                    if (kTransposedFull) {  // blocks of mstep_full_component, row by row
+                        const int64_t nb = (D_ + kSB - 1) / kSB;
+                        for (int64_t lb = 0; lb < nb; ++lb)
+                            for (int64_t jb = lb; jb < nb; ++jb, src += kSB2)
+                                for (int a = 0; a < kSB; ++a)
+                                    for (int b = 0; b < kSB; ++b) {
+                                        const int64_t l = lb * kSB + a, j = jb * kSB + b;
+                                        if (l <= j && j < D_)
+                                            dst[l * D_ + j] = dst[j * D_ + l] = src[a * kSB + b];
+                                    }
+                    } else {
+                        for (int64_t l = 0; l < D_; ++l)
+                            for (int64_t j = l; j < D_; ++j)
+                                dst[l * D_ + j] = dst[j * D_ + l] = src[l * Dp_ + j];
+                    }
                 }
                 break;
             case Covariance::Tied: {
@@ -859,11 +1031,21 @@ public:
     }
 
 private:
-    /// Full covariance: per component, pack the rows with non-zero responsibility
+    /// Full covariance, many-register ISAs: mstep_full_component on the transposed tile
+    /// (S2 accumulated in blocks, see finish()). Otherwise (16 registers do not hold its
+    /// kSB² accumulators): per component, pack the rows with non-zero responsibility
     /// (exact zeros are common: responsibilities underflow for distant components),
     /// centre them at c_k and accumulate s1 and the upper triangle of s2.
     void tile_full(const T* X, int64_t i0, int64_t n, StatsAccum& acc, TileScratch<T>& ws) const {
         const T* R = ws.L.data();
+        if (kTransposedFull) {
+            for (int64_t k = 0; k < K_; ++k)
+                if (ws.active[k])
+                    mstep_full_component(ws.XT.data(), R + k * Bp_, Bp_, D_, centres_ + k * D_,
+                                         ws.Z.data(), ws.WZ.data(), acc.s1.data() + k * D_,
+                                         acc.s2.data() + k * Dp_ * Dp_);
+            return;
+        }
         T* Z = ws.Z.data();
         T* WZ = ws.WZ.data();
         for (int64_t k = 0; k < K_; ++k) {
