@@ -41,6 +41,8 @@ namespace mdetail {
 
 
 constexpr double kLog2Pi = 1.8378770664093453;  // log(2π)
+using VD = detail::Simd<double>::V;                // this ISA's vector of doubles
+constexpr int64_t kW = detail::Simd<double>::W;
 // bounds of one group of patterns: its factors (doubles), and patterns × components for
 // the per-thread sums of responsibilities per pattern
 constexpr int64_t kGroupDoubles = int64_t(1) << 21;
@@ -69,6 +71,8 @@ struct Model {
     bool dense = false;            // full or tied: a D × D precision per factor
     std::vector<double> logw, mu;  // K, K * D
     std::vector<double> U, P;      // dense: Kf * D * D (U upper triangular; P = U Uᵀ)
+    int64_t Dp = 0;                // D rounded up to whole SIMD vectors
+    std::vector<double> Up;        // dense: Kf * D * Dp, U with zeros below the diagonal and past D
     std::vector<double> logdetU;   // dense: Kf
     std::vector<double> u, logu;   // diag/spherical: K * D (spherical expanded)
 
@@ -79,11 +83,13 @@ struct Model {
         mu.assign(mix.means, mix.means + K * D);
         if (dense) {
             U.assign(mix.prec_chol, mix.prec_chol + Kf * D * D);
-            // zeros below the diagonal (whatever the caller's array holds there), so
-            // that the per-row product Uᵀ e runs over whole rows of U (full vectors)
+            // U for the per-row product Uᵀ e in SIMD vectors: rows padded to Dp, zeros
+            // below the diagonal (whatever the caller's array holds there) and past D
+            Dp = (D + kW - 1) / kW * kW;
+            Up.assign(static_cast<std::size_t>(Kf * D * Dp), 0.0);
             for (int64_t f = 0; f < Kf; ++f)
-                for (int64_t l = 1; l < D; ++l)
-                    std::fill(U.data() + f * D * D + l * D, U.data() + f * D * D + l * D + l, 0.0);
+                for (int64_t l = 0; l < D; ++l)
+                    for (int64_t j = l; j < D; ++j) Up[f * D * Dp + l * Dp + j] = U[f * D * D + l * D + j];
             P.assign(static_cast<std::size_t>(Kf * D * D), 0.0);
             logdetU.assign(static_cast<std::size_t>(Kf), 0.0);
             for (int64_t f = 0; f < Kf; ++f) {
@@ -166,7 +172,7 @@ public:
         ts.E.assign(static_cast<std::size_t>(K_ * D_), 0.0);
         ts.dev.assign(static_cast<std::size_t>(D_), 0.0);
         ts.dob.assign(static_cast<std::size_t>(D_), 0.0);
-        ts.y.assign(static_cast<std::size_t>(D_), 0.0);
+        ts.y.assign(static_cast<std::size_t>(std::max(D_, mod_.Dp)), 0.0);
         ts.em.assign(static_cast<std::size_t>(D_), 0.0);
         if (mod_.dense) {
             ts.L.assign(static_cast<std::size_t>(D_ * D_), 0.0);
@@ -263,29 +269,50 @@ public:
                     dob[b] = double(x[oi[b]]) - mu[oi[b]];
                     e[oi[b]] = dob[b];
                 }
-                // x̂_M − μ_M = −C v with v = P_MO (x_O − μ_O)
-                std::fill(v, v + m, 0.0);
-                for (int64_t b = 0; b < o; ++b) {
-                    const double db = dob[b];
-                    const double* Bb = Bt + b * m;
-                    for (int64_t a = 0; a < m; ++a) v[a] += Bb[a] * db;
-                }
-                std::fill(em, em + m, 0.0);
-                for (int64_t c = 0; c < m; ++c) {
-                    const double vc = v[c];
-                    const double* Cc = C + c * m;  // C is symmetric: row c is column c
-                    for (int64_t a = 0; a < m; ++a) em[a] -= Cc[a] * vc;
+                // x̂_M − μ_M = −C v with v = P_MO (x_O − μ_O). Few missing coordinates
+                // (m < a vector): one sum per a in a register; else axpys over a. Both
+                // add the terms in the same order (b, c ascending): the same results.
+                if (m < kW) {
+                    for (int64_t a = 0; a < m; ++a) {
+                        double s = 0.0;
+                        for (int64_t b = 0; b < o; ++b) s += Bt[b * m + a] * dob[b];
+                        v[a] = s;
+                    }
+                    for (int64_t a = 0; a < m; ++a) {
+                        double s = 0.0;
+                        for (int64_t c = 0; c < m; ++c) s -= C[c * m + a] * v[c];
+                        em[a] = s;
+                    }
+                } else {
+                    std::fill(v, v + m, 0.0);
+                    for (int64_t b = 0; b < o; ++b) {
+                        const double db = dob[b];
+                        const double* Bb = Bt + b * m;
+                        for (int64_t a = 0; a < m; ++a) v[a] += Bb[a] * db;
+                    }
+                    std::fill(em, em + m, 0.0);
+                    for (int64_t c = 0; c < m; ++c) {
+                        const double vc = v[c];
+                        const double* Cc = C + c * m;  // C is symmetric: row c is column c
+                        for (int64_t a = 0; a < m; ++a) em[a] -= Cc[a] * vc;
+                    }
                 }
                 for (int64_t a = 0; a < m; ++a) e[mi[a]] = em[a];
-                const double* U = mod_.U.data() + f * D * D;
-                // y = Uᵀ e: y_j = Σ_{l <= j} e_l U[l][j], over whole rows of U (its zeros
-                // below the diagonal add exact zeros): contiguous, full-width, no remainder
-                double* y = ts.y.data();
-                std::fill(y, y + D, 0.0);
-                for (int64_t l = 0; l < D; ++l) {
-                    const double el = e[l];
-                    const double* Ul = U + l * D;
-                    for (int64_t j = 0; j < D; ++j) y[j] += el * Ul[j];
+                // y = Uᵀ e: y_j = Σ_{l <= j} e_l U[l][j] (l ascending), one vector of j
+                // at a time held in a register over l (U's zeros below the diagonal add
+                // exact zeros)
+                const int64_t Dp = mod_.Dp;
+                const double* U = mod_.Up.data() + f * D * Dp;
+                double* y = ts.y.data();  // Dp
+                for (int64_t jb = 0; jb < Dp; jb += kW) {
+                    VD acc = {};
+                    const int64_t lend = std::min(D, jb + kW);
+                    for (int64_t l = 0; l < lend; ++l) {
+                        VD u;
+                        std::memcpy(&u, U + l * Dp + jb, sizeof u);
+                        acc += e[l] * u;
+                    }
+                    std::memcpy(y + jb, &acc, sizeof acc);
                 }
                 for (int64_t j = 0; j < D; ++j) q += y[j] * y[j];
                 ld[k] = mod_.logw[k] + F[m * m + m * o] - 0.5 * q;
