@@ -1,5 +1,6 @@
 // Public kernel entry points: forward to the instruction-set variant chosen at run time.
 #include "arch/isa.hpp"
+#include "gmmfast/missing.hpp"
 
 namespace gmmfast {
 
@@ -56,6 +57,18 @@ RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix, const Resp
     GMMFAST_DISPATCH(log_prob_grad_x<T>(X, N, mix, resp, sample_weight, grad, exec))
 }
 
+template <class T>
+RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix, const MissingIndex& idx,
+                         const T* centres, const T* sample_weight, Stats& out, const Exec& exec) {
+    GMMFAST_DISPATCH(em_stats_missing<T>(X, N, mix, idx, centres, sample_weight, out, exec))
+}
+
+template <class T>
+RunInfo log_prob_missing(const T* X, int64_t N, const Mixture<T>& mix, const MissingIndex& idx,
+                         MissingOutput what, T* out, const Exec& exec) {
+    GMMFAST_DISPATCH(log_prob_missing<T>(X, N, mix, idx, what, out, exec))
+}
+
 #define GMMFAST_INSTANTIATE(T)                                                                 \
     template RunInfo log_prob<T>(const T*, int64_t, const Mixture<T>&, LogProbOutput, T*,     \
                                  const Exec&);                                                 \
@@ -67,7 +80,11 @@ RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix, const Resp
     template KMeansResult kmeans_lloyd<T>(const T*, int64_t, int64_t, int64_t, const T*, T*,   \
                                           int64_t*, int, double, const Exec&);                 \
     template RunInfo log_prob_grad_x<T>(const T*, int64_t, const Mixture<T>&,                  \
-                                        const Responsibilities<T>&, const T*, T*, const Exec&);
+                                        const Responsibilities<T>&, const T*, T*, const Exec&); \
+    template RunInfo em_stats_missing<T>(const T*, int64_t, const Mixture<T>&, const MissingIndex&, \
+                                         const T*, const T*, Stats&, const Exec&);                  \
+    template RunInfo log_prob_missing<T>(const T*, int64_t, const Mixture<T>&, const MissingIndex&, \
+                                         MissingOutput, T*, const Exec&);
 GMMFAST_INSTANTIATE(float)
 GMMFAST_INSTANTIATE(double)
 

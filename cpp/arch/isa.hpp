@@ -11,6 +11,7 @@
 #include "gmmfast/grad.hpp"
 #include "gmmfast/kmeans.hpp"
 #include "gmmfast/log_prob.hpp"
+#include "gmmfast/missing.hpp"
 
 namespace gmmfast {
 
@@ -69,6 +70,14 @@ private:
     RunInfo log_prob_grad_x(const T* X, int64_t N, const Mixture<T>& mix,                      \
                             const Responsibilities<T>& resp, const T* sample_weight, T* grad,  \
                             const Exec& exec);                                                 \
+    template <class T>                                                                         \
+    RunInfo em_stats_missing(const T* X, int64_t N, const Mixture<T>& mix,                     \
+                             const MissingIndex& idx, const T* centres, const T* sample_weight,\
+                             Stats& out, const Exec& exec);                                    \
+    template <class T>                                                                         \
+    RunInfo log_prob_missing(const T* X, int64_t N, const Mixture<T>& mix,                     \
+                             const MissingIndex& idx, MissingOutput what, T* out,              \
+                             const Exec& exec);                                                \
     }
 
 GMMFAST_DECLARE_ISA(isa_baseline)
