@@ -224,6 +224,17 @@ def holder_of_block(client, X, i=0):
     return client.who_has(distributed.futures_of(X))[X.__dask_keys__()[i][0]][0]
 
 
+def fit_losing_a_holder(client, X):
+    """X persisted; a fit during which the worker holding its first block is killed
+    (and restarted): (that worker, the fit's result or exception, the warnings)."""
+    X = X.persist()
+    distributed.wait(X)
+    victim = holder_of_block(client, X)
+    gm = KillAtIteration(**FAULT_KW)
+    gm.kill = kill_worker(client, victim, restart=True)
+    return (victim, *bounded_fit(gm, X))
+
+
 def kill_worker(client, address, restart):
     """SIGKILL the worker process at address; without ``restart`` its nanny is told first
     not to start a new one (a machine lost, or a worker without a nanny)."""
@@ -303,23 +314,13 @@ def test_worker_loss_errors(fault_client, monkeypatch):
     rng = np.random.default_rng(0)
     parts = [client.scatter(rng.normal(size=(5_000, 4)) + 3.0 * (i % 4)) for i in range(8)]
     X = da.concatenate([da.from_delayed(p, shape=(5_000, 4), dtype=np.float64) for p in parts])
-    X = X.persist()
-    distributed.wait(X)
-    victim = holder_of_block(client, X)
-    gm = KillAtIteration(**FAULT_KW)
-    gm.kill = kill_worker(client, victim, restart=True)
-    got, _ = bounded_fit(gm, X)
+    victim, got, _ = fit_losing_a_holder(client, X)
     assert isinstance(got, RuntimeError), got
     assert "cannot be recomputed" in str(got) and "client.scatter" in str(got) and victim in str(got)
     wait_for(lambda: len(client.nthreads()) == 2)
 
     monkeypatch.setattr(gmmfast.dask, "max_block_retries", 0)
-    X = graph_blobs(40_000, 5_000).persist()
-    distributed.wait(X)
-    victim = holder_of_block(client, X)
-    gm = KillAtIteration(**FAULT_KW)
-    gm.kill = kill_worker(client, victim, restart=True)
-    got, caught = bounded_fit(gm, X)
+    victim, got, caught = fit_losing_a_holder(client, graph_blobs(40_000, 5_000))
     assert isinstance(got, RuntimeError), got
     assert "max_block_retries = 0" in str(got) and victim in str(got)
     assert not any(issubclass(c.category, RuntimeWarning) for c in caught)

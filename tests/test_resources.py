@@ -63,6 +63,16 @@ def _assert_fit_check(exc, op="GaussianMixture.fit", *words):
         assert w in msg, (w, msg)
 
 
+def _refused_at_once(call, op="GaussianMixture.fit", *words):
+    """``call()`` raises the up-front MemoryError, within 2 s (before any heavy work),
+    naming ``op`` and ``words``."""
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError) as info:
+        call()
+    assert time.perf_counter() - t0 < 2.0
+    _assert_fit_check(info.value, op, *words)
+
+
 # ------------------------------------------------------------------- the issue's case
 
 
@@ -96,11 +106,8 @@ def test_large_mixtures_raise_before_initialising(covariance_type, dtype, memory
     K, D, N = SIZES[covariance_type]
     X = np.random.default_rng(0).random((N, D)).astype(dtype)
     memory_limit(LIMIT)
-    t0 = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        GaussianMixture(K, covariance_type=covariance_type).fit(X)
-    assert time.perf_counter() - t0 < 2.0
-    _assert_fit_check(info.value, "GaussianMixture.fit", "MiB", "64 MiB is available")
+    _refused_at_once(lambda: GaussianMixture(K, covariance_type=covariance_type).fit(X),
+                     "GaussianMixture.fit", "MiB", "64 MiB is available")
     # a small mixture of the same data still fits under the same limit (fit_predict too)
     memory_limit(LIMIT)
     labels = GaussianMixture(2, covariance_type=covariance_type, max_iter=3, init_params="random_from_data",
@@ -150,11 +157,7 @@ def test_fit_chunks_raises_at_the_first_chunk(memory_limit, no_kmeans):
             yield X[i : i + 500]
 
     memory_limit(LIMIT)
-    t0 = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        GaussianMixture(K).fit_chunks(chunks)
-    assert time.perf_counter() - t0 < 2.0
-    _assert_fit_check(info.value, "GaussianMixture.fit", "parameters")
+    _refused_at_once(lambda: GaussianMixture(K).fit_chunks(chunks), "GaussianMixture.fit", "parameters")
     assert read == [0]
 
 
@@ -175,11 +178,7 @@ def test_partial_fit_and_fit_minibatch_raise(memory_limit, no_kmeans):
     online = "GaussianMixture online EM (partial_fit, fit_minibatch)"
     for call in (lambda gm: gm.partial_fit(X), lambda gm: gm.fit_minibatch(X, batch_size=N)):
         gm = GaussianMixture(K)
-        t0 = time.perf_counter()
-        with pytest.raises(MemoryError) as info:
-            call(gm)
-        assert time.perf_counter() - t0 < 2.0
-        _assert_fit_check(info.value, online)
+        _refused_at_once(lambda: call(gm), online)
         assert not hasattr(gm, "means_")
 
 
@@ -206,11 +205,7 @@ def test_dask_raises_before_the_block_summaries(memory_limit, no_kmeans, monkeyp
     K, D, N = SIZES["full"]
     X = da.from_array(np.random.default_rng(0).random((N, D)), chunks=(500, D))
     memory_limit(LIMIT)
-    t0 = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        GaussianMixture(K).fit(X)
-    assert time.perf_counter() - t0 < 2.0
-    _assert_fit_check(info.value, "GaussianMixture.fit", "parameters")
+    _refused_at_once(lambda: GaussianMixture(K).fit(X), "GaussianMixture.fit", "parameters")
 
 
 def test_cpu_tensor_raises(memory_limit, no_kmeans):
@@ -218,11 +213,7 @@ def test_cpu_tensor_raises(memory_limit, no_kmeans):
     K, D, N = SIZES["full"]
     X = torch.rand(N, D, dtype=torch.float64)
     memory_limit(LIMIT)
-    t0 = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        GaussianMixture(K).fit(X)
-    assert time.perf_counter() - t0 < 2.0
-    _assert_fit_check(info.value)
+    _refused_at_once(lambda: GaussianMixture(K).fit(X))
 
 
 def test_cuda_tensor_checks_gpu_memory(memory_limit, no_kmeans):
@@ -261,15 +252,20 @@ def test_cuda_branch_of_the_check_with_a_stand_in_device(memory_limit, monkeypat
     source.check_memory(GaussianMixture(10)._check_params())
 
 
+def test_bayesian_mixture_raises(memory_limit, no_kmeans):
+    """The Bayesian mixture runs on the same driver, so the same check refuses it."""
+    K, D, N = SIZES["full"]
+    X = np.random.default_rng(0).random((N, D))
+    memory_limit(LIMIT)
+    _refused_at_once(lambda: gmmfast.BayesianGaussianMixture(n_components=K).fit(X),
+                     "BayesianGaussianMixture.fit", "parameters")
+
+
 def test_select_model_raises(memory_limit, no_kmeans):
     K, D, N = SIZES["full"]
     X = np.random.default_rng(0).random((N, D))
     memory_limit(LIMIT)
-    t0 = time.perf_counter()
-    with pytest.raises(MemoryError) as info:
-        gmmfast.select_model(X, [K], ["full"], random_state=0)
-    assert time.perf_counter() - t0 < 2.0
-    _assert_fit_check(info.value)
+    _refused_at_once(lambda: gmmfast.select_model(X, [K], ["full"], random_state=0))
 
 
 def test_cli_fit_exits_with_a_clear_message(memory_limit, no_kmeans, tmp_path):
