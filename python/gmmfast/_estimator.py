@@ -391,7 +391,8 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
 
     def _mixture(self) -> scoring.Mixture:
         return scoring.Mixture(
-            self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, self.n_threads
+            self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type, self.n_threads,
+            missing=self._missing_em(),
         )
 
     def _labels(self, X):

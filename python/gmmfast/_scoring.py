@@ -22,10 +22,14 @@ class Mixture:
     ``log_weights`` (float64 NumPy), when given, are the per-component terms added to
     the Gaussian log-densities instead of log(weights): the Bayesian mixture's expected
     log-weights and log-density constants, as scikit-learn's BayesianGaussianMixture
-    scores."""
+    scores. ``missing``: NaN entries are missing values (a model with missing='em'),
+    scored by the marginal over each row's observed entries; otherwise the input was
+    checked finite and is not scanned again."""
 
-    def __init__(self, weights, means, precisions_cholesky, covariance_type, n_threads=None, log_weights=None):
+    def __init__(self, weights, means, precisions_cholesky, covariance_type, n_threads=None, log_weights=None,
+                 missing=False):
         self.weights = weights
+        self.missing = missing
         self.log_weights = log_weights
         self.means = means
         self.precisions_cholesky = precisions_cholesky
@@ -80,9 +84,8 @@ def log_prob(mix: Mixture, X, output):
             output,
         )
     X, mixture = _numpy_mixture(mix, X)
-    if _missing.has_missing(X):
-        # only with missing='em' (the estimator rejects NaN otherwise): the marginal
-        # over each row's observed entries
+    if mix.missing and _missing.has_missing(X):
+        # the marginal over each row's observed entries
         index = _missing.missing_index(X, n_threads=mix.n_threads, check_columns=False)
         return _missing.log_prob(X, index, *mixture, mix.covariance_type, output, n_threads=mix.n_threads)
     return ops.log_prob(X, *mixture, mix.covariance_type, output, n_threads=mix.n_threads)
